@@ -1,0 +1,1 @@
+"""mmit_fast.interpret"""

@@ -1,0 +1,262 @@
+"""THE shard format: the contract between the packer (``mmit_fast.pack``, which writes
+it) and the loaders (``mmit_fast.data``, which read it). Neither side imports the other;
+both import this module.
+
+A packed dataset is one folder::
+
+    out/
+      manifest.json                 # see Manifest below
+      train-000000.tar              # WebDataset shards, USTAR/GNU tar
+      train-000000.idx              # DALI index of the tar (wds2idx format)
+      val-000000.tar ...
+      (with --part i/N:  train-p0003-000000.tar, manifest-p0003.json, merged by `mmit pack --merge`)
+
+Each sample is a run of consecutive tar members sharing one key (``[A-Za-z0-9_-]+``, no
+dots: WebDataset splits the key at the first dot)::
+
+    <key>.mp4      video: yuv420p, fixed short side, fixed fps, short GOP; codec in the manifest
+    <key>.json     metadata, see SAMPLE_META_FIELDS
+    <key>.ids      label ids as little-endian int32 (DALI reads it with dtype INT32)
+    <key>.flac     mono 22,050 Hz audio (absent when the source had no audio; .wav allowed)
+    <key>.gt.npz   optional ground truth (synthetic data): regions and concept masks
+
+Labels: ids index ``manifest.classes``; multi-hot targets are built from ``.ids``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from ._io import atomic_write_json
+
+FORMAT = "mmit-shards"
+VERSION = 1
+
+VIDEO_EXT = "mp4"
+META_EXT = "json"
+LABEL_EXT = "ids"
+AUDIO_EXTS = ("flac", "wav")
+GT_EXT = "gt.npz"
+LABEL_DTYPE = np.dtype("<i4")
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+AUDIO_SAMPLE_RATE = 22050
+
+#: fields of ``<key>.json`` (extra fields are allowed)
+SAMPLE_META_FIELDS = (
+    "key",          # str, the sample key
+    "source",       # str, path of the source video relative to the video root (or "synth:...")
+    "labels",       # list[str], class names
+    "label_ids",    # list[int], indices into manifest.classes (same order as labels)
+    "fps",          # float, frame rate of the packed clip
+    "frames",       # int, number of frames in the packed clip
+    "width",        # int
+    "height",       # int
+    "duration",     # float seconds
+    "has_audio",    # bool
+    "audio_samples",  # int, samples in the audio member (0 when has_audio is False)
+)
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class ShardFormatError(ValueError):
+    """A manifest, shard or sample that does not follow this format."""
+
+
+# --------------------------------------------------------------------------- keys
+def validate_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ShardFormatError(f"invalid sample key {key!r}: keys are [A-Za-z0-9_-]+ (no dots, no slashes)")
+    return key
+
+
+def key_for(index: int, source: str, prefix: str = "") -> str:
+    """A unique, dot-free key from a running index and a source path.
+
+    ``key_for(12, 'juggling/abc.mp4')`` -> ``'000000012_juggling_abc'``.
+    """
+    stem = os.path.splitext(source)[0]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[-60:]
+    return validate_key(f"{prefix}{index:09d}_{slug}" if slug else f"{prefix}{index:09d}")
+
+
+# --------------------------------------------------------------------------- labels
+def encode_label_ids(ids: Iterable[int]) -> bytes:
+    arr = np.asarray(list(ids), dtype=np.int64)
+    if arr.ndim != 1:
+        raise ShardFormatError("label ids must be a flat list of integers")
+    if arr.size and arr.min() < 0:
+        raise ShardFormatError(f"negative label id in {arr.tolist()}")
+    return arr.astype(LABEL_DTYPE).tobytes()
+
+
+def decode_label_ids(data: bytes) -> np.ndarray:
+    if len(data) % LABEL_DTYPE.itemsize:
+        raise ShardFormatError(f"label member has {len(data)} bytes, not a multiple of 4 (int32)")
+    return np.frombuffer(data, dtype=LABEL_DTYPE).astype(np.int64)
+
+
+def multi_hot(ids: Sequence[int], num_classes: int, dtype=np.float32) -> np.ndarray:
+    out = np.zeros(num_classes, dtype=dtype)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.max() >= num_classes or ids.min() < 0):
+        raise ShardFormatError(f"label ids {ids.tolist()} out of range for {num_classes} classes")
+    out[ids] = 1
+    return out
+
+
+# --------------------------------------------------------------------------- names
+def shard_name(split: str, index: int, part: Optional[int] = None) -> str:
+    """``train-000003.tar`` or, for one part of a multi-machine pack, ``train-p0002-000003.tar``."""
+    if split not in SPLITS:
+        raise ShardFormatError(f"unknown split {split!r}; expected one of {SPLITS}")
+    mid = f"-p{part:04d}" if part is not None else ""
+    return f"{split}{mid}-{index:06d}.tar"
+
+
+def index_name(tar_name: str) -> str:
+    """DALI index file next to a tar: ``x.tar`` -> ``x.idx``."""
+    if not tar_name.endswith(".tar"):
+        raise ShardFormatError(f"not a .tar shard name: {tar_name!r}")
+    return tar_name[: -len(".tar")] + ".idx"
+
+
+def manifest_name(part: Optional[int] = None) -> str:
+    return MANIFEST_NAME if part is None else f"manifest-p{part:04d}.json"
+
+
+# --------------------------------------------------------------------------- manifest
+@dataclass
+class ShardInfo:
+    path: str                 # relative to the dataset folder
+    split: str
+    samples: int
+    bytes: int = 0
+    index: str = ""           # DALI .idx, relative to the dataset folder
+
+    def __post_init__(self):
+        if not self.index:
+            self.index = index_name(self.path)
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: everything a loader, a loss and a report need to know.
+
+    * ``classes``: vocabulary, index = label id.
+    * ``splits[split]``: ``{"samples": n, "without_audio": n, "class_counts": [n_0..n_{C-1}]}``.
+      ``class_counts`` of ``train`` feed the loss weights (``class_weights``).
+    * ``shards``: every tar with its split and sample count.
+    * ``video``: ``{"codec", "container", "short_side", "fps", "seconds", "pix_fmt", "gop"}``.
+    * ``audio``: ``{"format", "sample_rate", "channels"}``.
+    * ``rejected``: ``[{"source", "reason"}]`` inputs that were not written.
+    * ``source``: free-form description of where the data came from (annotations, synth params).
+    """
+
+    classes: List[str]
+    splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    shards: List[ShardInfo] = field(default_factory=list)
+    video: Dict[str, Any] = field(default_factory=dict)
+    audio: Dict[str, Any] = field(default_factory=dict)
+    rejected: List[Dict[str, Any]] = field(default_factory=list)
+    source: Dict[str, Any] = field(default_factory=dict)
+    members: Dict[str, str] = field(
+        default_factory=lambda: {"video": VIDEO_EXT, "meta": META_EXT, "labels": LABEL_EXT, "audio": "flac", "gt": GT_EXT}
+    )
+    format: str = FORMAT
+    version: int = VERSION
+    root: str = field(default="", repr=False, compare=False)  # folder it was loaded from; not saved
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Per-class positive counts of a split (training counts give the loss weights)."""
+        if split not in self.splits:
+            raise ShardFormatError(f"manifest has no split {split!r} (has {sorted(self.splits)})")
+        counts = self.splits[split].get("class_counts")
+        if counts is None or len(counts) != self.num_classes:
+            raise ShardFormatError(f"manifest split {split!r} has no class_counts of length {self.num_classes}")
+        return np.asarray(counts, dtype=np.int64)
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.shards if s.split == split)
+
+    def shard_infos(self, split: str) -> List[ShardInfo]:
+        infos = [s for s in self.shards if s.split == split]
+        if not infos:
+            raise ShardFormatError(
+                f"dataset {self.root or '?'} has no shards for split {split!r} "
+                f"(splits present: {sorted({s.split for s in self.shards})})"
+            )
+        return infos
+
+    def shard_paths(self, split: str) -> List[str]:
+        return [os.path.join(self.root, s.path) for s in self.shard_infos(split)]
+
+    def index_paths(self, split: str) -> List[str]:
+        return [os.path.join(self.root, s.index) for s in self.shard_infos(split)]
+
+    # -- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("root", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], root: str = "", where: str = "manifest") -> "Manifest":
+        if not isinstance(d, dict):
+            raise ShardFormatError(f"{where}: not a JSON object")
+        if d.get("format") != FORMAT:
+            raise ShardFormatError(f"{where}: format is {d.get('format')!r}, expected {FORMAT!r}")
+        if int(d.get("version", -1)) > VERSION:
+            raise ShardFormatError(f"{where}: format version {d.get('version')} is newer than this mmit-fast ({VERSION})")
+        if not isinstance(d.get("classes"), list) or not d["classes"]:
+            raise ShardFormatError(f"{where}: 'classes' must be a non-empty list of class names")
+        try:
+            shards = [ShardInfo(**s) for s in d.get("shards", [])]
+        except TypeError as e:
+            raise ShardFormatError(f"{where}: bad shard entry: {e}") from None
+        known = {f for f in cls.__dataclass_fields__ if f not in ("shards", "root")}
+        kw = {k: v for k, v in d.items() if k in known}
+        return cls(shards=shards, root=root, **kw)
+
+    def save(self, path: str) -> None:
+        """Write atomically (temp file + rename)."""
+        atomic_write_json(path, self.to_dict())
+
+
+def load_manifest(path: str) -> Manifest:
+    """Load ``manifest.json`` from a dataset folder or a file path, with errors that name it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, MANIFEST_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no manifest at {path}: is this a folder written by `mmit pack` / `mmit synth`?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    return Manifest.from_dict(d, root=os.path.dirname(os.path.abspath(path)), where=path)
+
+
+def parse_sample_meta(data: bytes, where: str = "sample") -> Dict[str, Any]:
+    """Decode and check a ``<key>.json`` member."""
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{where}: metadata member is not valid JSON ({e})") from None
+    missing = [f for f in ("key", "label_ids") if f not in meta]
+    if missing:
+        raise ShardFormatError(f"{where}: metadata lacks {missing}")
+    return meta
