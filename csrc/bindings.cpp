@@ -1,6 +1,8 @@
 // pybind11 module mmit_fast._C: CPU kernels of mmit-fast.
 #include <pybind11/pybind11.h>
 
+#include "losses.h"
+
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
@@ -10,4 +12,5 @@ PYBIND11_MODULE(_C, m) {
 #else
     m.attr("has_openmp") = false;
 #endif
+    mmit::register_losses(m);
 }

@@ -1,1 +1,24 @@
-"""mmit_fast.models"""
+"""mmit_fast.models: I3D, TSM, SoundNet and audio-video fusion behind one interface.
+
+>>> from mmit_fast.models import create_model
+>>> m = create_model("i3d", num_classes=292, depth=18, width=16)       # small CPU variant
+>>> logits = m(video)               # video [B, 3, T, H, W] -> [B, 292]
+>>> f = m.features(video)           # last conv maps [B, K, T', H', W']
+>>> m.classifier                    # nn.Linear(K, 292), applied after global average pooling
+
+See :mod:`mmit_fast.models.base` for the shared interface and
+:mod:`mmit_fast.models.registry` for the names and the pretrained-weights rules.
+"""
+from .base import ClipClassifier, read_state_dict, replace_classifier
+from .fusion import Fusion
+from .registry import MODELS, count_flops, count_params, create_model, load_pretrained, run_model
+from .resnet2d import ResNet2d, resnet2d
+from .resnet3d import I3D, inflate_from_2d
+from .soundnet import MIN_SAMPLES, SAMPLE_RATE, SoundNet
+from .tsm import TSM, temporal_shift
+
+__all__ = [
+    "ClipClassifier", "create_model", "MODELS", "load_pretrained", "run_model", "replace_classifier",
+    "read_state_dict", "count_flops", "count_params", "I3D", "inflate_from_2d", "TSM", "temporal_shift",
+    "SoundNet", "SAMPLE_RATE", "MIN_SAMPLES", "Fusion", "ResNet2d", "resnet2d",
+]

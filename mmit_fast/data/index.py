@@ -1,0 +1,205 @@
+"""Where every sample lives, and which samples each rank reads in each epoch.
+
+* :func:`sample_table` lists the samples of a split from the shards' DALI index files
+  (``wds2idx`` format: per sample, ``ext offset size name`` per member), so any member can be
+  read with one ``seek`` + ``read`` (random access: a global shuffle needs no shuffle buffer).
+  A shard without an index is scanned with ``tarfile``. A missing or corrupt shard raises an
+  error that names it.
+* :func:`epoch_batches` splits one epoch into the batches of one rank. The permutation is
+  ``default_rng([seed, epoch]).permutation(N)`` (identity without shuffling); rank ``r`` of
+  ``R`` takes positions ``r, r+R, r+2R, ...``, so ranks are disjoint.
+
+  - ``drop_last`` (training default): every rank takes ``N // R`` samples and makes
+    ``(N // R) // B`` full batches (at least one).
+  - otherwise (evaluation): every sample is read exactly once across ranks; every rank makes
+    ``ceil(ceil(N/R) / B)`` batches, filled to ``B`` from the front and shrunk from the back,
+    so batch counts are equal on all ranks (no DDP hang) and only the last batches are short.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import shards as S
+
+
+@dataclass
+class SampleRef:
+    shard: int                               # index into the table's shard list
+    key: str
+    members: Dict[str, Tuple[int, int]]      # ext -> (offset, size) in the tar
+
+
+@dataclass
+class SampleTable:
+    shards: List[str]
+    samples: List[SampleRef]
+
+    def __len__(self):
+        return len(self.samples)
+
+
+def _key_ext(name: str) -> Tuple[str, str]:
+    base = os.path.basename(name)
+    i = base.find(".")
+    if i < 0:
+        return base, ""
+    return base[:i], base[i + 1:]
+
+
+def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
+    with open(idx_path, "r", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines or not lines[0].startswith("v1."):
+        raise S.ShardFormatError(f"{idx_path}: not a DALI webdataset index (first line {lines[:1]!r}); rebuild it with wds2idx {tar_path}")
+    out = []
+    for ln, line in enumerate(lines[1:], 2):
+        parts = line.split()
+        if not parts:
+            continue
+        members: Dict[str, Tuple[int, int]] = {}
+        key = None
+        if len(parts) % 4:
+            raise S.ShardFormatError(f"{idx_path}:{ln}: expected 'ext offset size name' groups")
+        for g in range(0, len(parts), 4):
+            ext, off, size, name = parts[g], int(parts[g + 1]), int(parts[g + 2]), parts[g + 3]
+            if off + size > tar_size:
+                raise S.ShardFormatError(
+                    f"shard {tar_path} is truncated or does not match its index {idx_path}: member {name} "
+                    f"ends at byte {off + size} but the file has {tar_size} bytes")
+            k, _ = _key_ext(name)
+            key = key or k
+            members[ext] = (off, size)
+        out.append((key, members))
+    return out
+
+
+def _scan_tar(tar_path: str) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
+    out: List[Tuple[str, Dict[str, Tuple[int, int]]]] = []
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for ti in tf:
+                if not ti.isfile():
+                    continue
+                k, ext = _key_ext(ti.name)
+                if not out or out[-1][0] != k:
+                    out.append((k, {}))
+                out[-1][1][ext] = (ti.offset_data, ti.size)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise S.ShardFormatError(f"shard {tar_path} is not a readable tar ({type(e).__name__}: {e})") from None
+    return out
+
+
+def sample_table(manifest: S.Manifest, split: str) -> SampleTable:
+    """All samples of ``split``, shard by shard, in manifest order."""
+    tars = manifest.shard_paths(split)
+    idxs = manifest.index_paths(split)
+    infos = manifest.shard_infos(split)
+    shards, samples = [], []
+    for si, (tar, idx, info) in enumerate(zip(tars, idxs, infos)):
+        if not os.path.exists(tar):
+            raise FileNotFoundError(f"shard {tar} (split {split!r}, listed in {manifest.root}/manifest.json) does not exist")
+        size = os.path.getsize(tar)
+        if size < 512 or size % 512:
+            raise S.ShardFormatError(f"shard {tar} is corrupt or truncated: {size} bytes is not a whole number of 512-byte tar blocks")
+        rows = _parse_idx(idx, tar, size) if os.path.exists(idx) else _scan_tar(tar)
+        if info.samples and len(rows) != info.samples:
+            raise S.ShardFormatError(f"shard {tar} holds {len(rows)} samples but the manifest says {info.samples}")
+        shards.append(tar)
+        for key, members in rows:
+            if S.VIDEO_EXT not in members:
+                raise S.ShardFormatError(f"shard {tar}: sample {key!r} has no .{S.VIDEO_EXT} member (has {sorted(members)})")
+            samples.append(SampleRef(si, key, members))
+    if not samples:
+        raise S.ShardFormatError(f"split {split!r} of {manifest.root} has no samples")
+    return SampleTable(shards, samples)
+
+
+class MemberReader:
+    """Reads members by (offset, size); keeps one open file per shard (per process)."""
+
+    def __init__(self, table: SampleTable):
+        self.table = table
+        self._files: Dict[int, object] = {}
+        self._pid = os.getpid()
+
+    def read(self, ref: SampleRef, ext: str) -> Optional[bytes]:
+        if ext not in ref.members:
+            return None
+        if os.getpid() != self._pid:  # forked into a worker: do not share file offsets
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(ref.shard)
+        path = self.table.shards[ref.shard]
+        if f is None:
+            try:
+                f = self._files[ref.shard] = open(path, "rb")
+            except OSError as e:
+                raise FileNotFoundError(f"cannot open shard {path}: {e}") from None
+        off, size = ref.members[ext]
+        f.seek(off)
+        data = f.read(size)
+        if len(data) != size:
+            raise S.ShardFormatError(f"shard {path}: member {ref.key}.{ext} is cut short ({len(data)} of {size} bytes)")
+        return data
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self):
+        return {"table": self.table}
+
+    def __setstate__(self, d):
+        self.__init__(d["table"])
+
+
+# --------------------------------------------------------------------------- epoch plan
+def _sizes(n: int, nb: int, b: int) -> List[int]:
+    sizes = [b] * nb
+    excess = nb * b - n
+    i = nb - 1
+    while excess > 0 and i >= 0:
+        cut = min(excess, sizes[i] - 1 if n >= nb else sizes[i])
+        sizes[i] -= cut
+        excess -= cut
+        i -= 1
+    i = nb - 1
+    while excess > 0 and i >= 0:  # fewer samples than batches: empty batches at the end
+        cut = min(excess, sizes[i])
+        sizes[i] -= cut
+        excess -= cut
+        i -= 1
+    return sizes
+
+
+def num_batches(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    if n < world_size:
+        raise ValueError(f"{n} samples cannot be split over {world_size} ranks")
+    if drop_last:
+        return max(1, (n // world_size) // batch_size)
+    return -(-(-(-n // world_size)) // batch_size)
+
+
+def epoch_batches(n: int, batch_size: int, rank: int, world_size: int, *, epoch: int, seed: int,
+                  shuffle: bool, drop_last: bool) -> List[np.ndarray]:
+    """Global sample indices of each batch of ``rank`` in ``epoch`` (see module docstring)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    order = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n) if shuffle else np.arange(n)
+    nb = num_batches(n, batch_size, world_size, drop_last)
+    if drop_last:
+        per = n // world_size
+        mine = order[: per * world_size][rank::world_size]
+        take = min(per, nb * batch_size)
+        sizes = [min(batch_size, take)] * nb if take >= batch_size else [take]
+        mine = mine[: sum(sizes)]
+    else:
+        mine = order[rank::world_size]
+        sizes = _sizes(len(mine), nb, batch_size)
+    bounds = np.cumsum([0] + sizes)
+    return [mine[bounds[i]: bounds[i + 1]] for i in range(nb)]

@@ -1,0 +1,291 @@
+"""``make_loader``: one loader contract, three backends.
+
+============  =========================================================  ==================
+backend       decode                                                     chosen by ``auto``
+============  =========================================================  ==================
+dali (cuda)   ``fn.decoders.video(device="mixed")`` + GPU resize/crop    CUDA available
+dali (cpu)    DALI CPU decoder (VP9/VP8/MJPEG only) + CPU ops            no CUDA, VP9/VP8/MJPEG shards
+pyav          PyAV in DataLoader workers, minimal decode, torch resize   H.264/HEVC on CPU, or no DALI
+============  =========================================================  ==================
+
+Every backend yields :class:`Batch` with the same layout and, for the same (seed, epoch,
+sample), the same frames, crops, flips and labels (see :mod:`.sampling`). Sample reading,
+sharding and bad-sample handling are shared (:mod:`.index`, :class:`.pyav.BatchSource`).
+
+``Batch``: ``video`` [B*V,3,T,c,c] float32 (ImageNet-normalised; views of a sample are
+contiguous), ``audio`` [B*V,1,N] float32 or None (zeros where a sample has no audio),
+``has_audio`` [B] bool, ``targets`` [B,C] float32 multi-hot, ``keys`` list of B str.
+A batch can be shorter than ``batch_size`` when bad samples were dropped (and, in
+evaluation, at the end of an epoch); ``len(loader)`` is the same on every rank.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import shards as S
+from . import dali as _dali
+from .index import epoch_batches, num_batches, sample_table
+from .pyav import BadSample, BatchSource, decode_clip
+from .sampling import ClipSpec, audio_seconds, view_grid
+
+IMAGENET_MEAN = _dali.IMAGENET_MEAN
+IMAGENET_STD = _dali.IMAGENET_STD
+BACKENDS = ("auto", "dali", "pyav")
+
+
+class Batch(NamedTuple):
+    video: torch.Tensor
+    audio: Optional[torch.Tensor]
+    has_audio: torch.Tensor
+    targets: torch.Tensor
+    keys: List[str]
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class _EpochPlan:
+    """Picklable ``epoch -> batches`` of one rank."""
+
+    def __init__(self, n, batch_size, rank, world_size, seed, shuffle, drop_last):
+        self.args = (n, batch_size, rank, world_size)
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+
+    def __call__(self, epoch):
+        n, b, r, w = self.args
+        return epoch_batches(n, b, r, w, epoch=epoch, seed=self.seed, shuffle=self.shuffle, drop_last=self.drop_last)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return d
+
+
+def resolve_backend(backend: str, device: torch.device, codec: str) -> str:
+    """``auto``: DALI on CUDA; DALI CPU for VP9/VP8/MJPEG; PyAV otherwise (or without DALI)."""
+    codec = (codec or "").lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    has_dali = _dali.available()
+    if backend == "auto":
+        if has_dali and (device.type == "cuda" or codec in _dali.CPU_CODECS):
+            return "dali"
+        return "pyav"
+    if backend == "dali":
+        if not has_dali:
+            raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120 (or nvidia-dali)")
+        if device.type != "cuda" and codec not in _dali.CPU_CODECS:
+            raise ValueError(f"DALI's CPU decoder cannot decode {codec!r} shards (only {_dali.CPU_CODECS}); "
+                             f"use backend='pyav' or a CUDA device")
+    return backend
+
+
+class VideoLoader:
+    """See :func:`make_loader`."""
+
+    def __init__(self, data: Union[str, S.Manifest], split: str, clip: ClipSpec, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, train: bool = True, backend: str = "auto", device: str = "cpu", seed: int = 0,
+                 with_audio: bool = False, num_workers: int = 2, views=1, shuffle: Optional[bool] = None,
+                 drop_last: Optional[bool] = None, decoder_threads: Optional[int] = None, dali_threads: int = 2,
+                 prefetch: int = 2):
+        self.manifest = data if isinstance(data, S.Manifest) else S.load_manifest(data)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split, self.spec, self.batch_size = split, clip, int(batch_size)
+        self.rank, self.world_size, self.train, self.seed = int(rank), int(world_size), bool(train), int(seed)
+        self.with_audio, self.num_workers, self.views = bool(with_audio), int(num_workers), views
+        self.num_views = int(np.prod(view_grid(views)))
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.device = resolve_device(device)
+        self.codec = str(self.manifest.video.get("codec", "")).lower()
+        self.backend = resolve_backend(backend, self.device, self.codec)
+        self.table = sample_table(self.manifest, split)
+        self.num_samples = len(self.table)
+        fps = float(self.manifest.video.get("fps") or 25.0)
+        secs = float(self.manifest.video.get("seconds") or 3.0)
+        self.audio_samples = int(round(audio_seconds(clip, fps, secs) * S.AUDIO_SAMPLE_RATE))
+        self._nb = num_batches(self.num_samples, self.batch_size, self.world_size, self.drop_last)
+        if decoder_threads is None:
+            decoder_threads = 1 if self.num_workers >= (os.cpu_count() or 1) else max(1, (os.cpu_count() or 1) // max(1, self.num_workers))
+        self.plan = _EpochPlan(self.num_samples, self.batch_size, self.rank, self.world_size, self.seed, self.shuffle, self.drop_last)
+        self.source = BatchSource(self.table, self.plan, self.manifest.num_classes, clip, train=self.train, seed=self.seed,
+                                  views=views, with_audio=self.with_audio, audio_samples=self.audio_samples,
+                                  decode=self.backend == "pyav", threads=decoder_threads)
+        self.dali_threads, self.prefetch = int(dali_threads), int(prefetch)
+        self.epoch, self.start_batch = 0, 0
+        self.skipped = 0
+        self.skipped_samples: List[Tuple[str, str, str]] = []   # (shard, key, reason)
+        self._pipe = None
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255
+
+    # -- contract ------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    def __len__(self) -> int:
+        return self._nb
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle with ``seed + epoch``; ``start_batch`` skips the first batches (resume)."""
+        if not 0 <= start_batch <= self._nb:
+            raise ValueError(f"start_batch {start_batch} out of range (epoch has {self._nb} batches)")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __repr__(self):
+        return (f"VideoLoader({self.manifest.root!r}, split={self.split!r}, backend={self.backend!r}, device={str(self.device)!r}, "
+                f"samples={self.num_samples}, batches={self._nb}, rank={self.rank}/{self.world_size})")
+
+    # -- iteration -----------------------------------------------------------
+    def _raw_batches(self):
+        items = [(self.epoch, b) for b in range(self.start_batch, self._nb)]
+        if self.num_workers <= 0:
+            for it in items:
+                yield self.source[it]
+            return
+        dl = torch.utils.data.DataLoader(self.source, batch_size=None, sampler=items, num_workers=self.num_workers,
+                                         collate_fn=_identity, worker_init_fn=_worker_init,
+                                         prefetch_factor=self.prefetch, pin_memory=False)
+        yield from dl
+
+    def _record_skips(self, skipped):
+        for s in skipped:
+            self.skipped += 1
+            self.skipped_samples.append(tuple(s))
+            warnings.warn(f"skipped bad sample {s[1]} in {s[0]}: {s[2]}", RuntimeWarning, stacklevel=3)
+
+    def _finish(self, video, d, keep=None) -> Batch:
+        """Assemble a Batch (video already float on device for DALI, uint8 NTHWC for PyAV)."""
+        V = self.num_views
+        keys, targets, has_audio, audio = d["keys"], torch.from_numpy(d["targets"]), torch.from_numpy(d["has_audio"]), d["audio"]
+        if audio is not None:
+            audio = torch.as_tensor(audio)
+        if keep is not None and not keep.all():
+            ks = np.flatnonzero(keep)
+            vk = (ks[:, None] * V + np.arange(V)[None]).reshape(-1)
+            video = video[torch.as_tensor(vk, device=video.device)]
+            keys = [keys[i] for i in ks]
+            targets, has_audio = targets[ks], has_audio[ks]
+            if audio is not None:
+                audio = audio[torch.as_tensor(vk)]
+        dev = self.device
+        nb = dev.type == "cuda"
+        if audio is not None:
+            audio = audio.to(dev, non_blocking=nb)
+        return Batch(video, audio, has_audio.to(dev, non_blocking=nb), targets.to(dev, non_blocking=nb), keys)
+
+    def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,T,H,W,3] -> float32 [N,3,T,H,W], (x - 255*mean) / (255*std)."""
+        u8 = u8.to(self.device, non_blocking=True)
+        x = u8.permute(0, 4, 1, 2, 3).float()
+        return ((x - self._mean.to(x.device)) / self._std.to(x.device)).contiguous()
+
+    def _constant_views(self, video: torch.Tensor) -> np.ndarray:
+        """Per sample: True when one of its views is a constant clip (all pixels one colour)."""
+        flat = video.flatten(2)
+        const = (flat.amax(2) == flat.amin(2)).all(1)
+        return const.view(-1, self.num_views).any(1).cpu().numpy()
+
+    def _pyav_batch(self, d) -> Batch:
+        video = torch.as_tensor(d["video"])
+        return self._finish(self._normalise(video), d)
+
+    def __iter__(self):
+        try:
+            if self.backend == "pyav":
+                for d in self._raw_batches():
+                    self._record_skips(d["skipped"])
+                    yield self._pyav_batch(d)
+            else:
+                yield from self._iter_dali()
+        finally:
+            pass
+        self.epoch, self.start_batch = self.epoch + 1, 0
+
+    # -- DALI ----------------------------------------------------------------
+    def _new_pipe(self):
+        dev_id = self.device.index if self.device.index is not None else (torch.cuda.current_device() if self.device.type == "cuda" else None)
+        return _dali.build_pipeline(max_batch=self.batch_size * self.num_views, num_classes=self.num_classes,
+                                    crop=self.spec.crop, device=self.device.type, device_id=dev_id,
+                                    num_threads=self.dali_threads, prefetch=1)
+
+    def _fallback(self, d) -> Tuple[Optional[torch.Tensor], np.ndarray]:
+        """Decode a batch DALI failed on with PyAV; returns video and the kept mask."""
+        keep = np.ones(len(d["keys"]), bool)
+        clips = []
+        for i, (data, plans, _ids) in enumerate(d["raw"]):
+            try:
+                clips.append(decode_clip(data.tobytes(), plans))
+            except BadSample as e:
+                keep[i] = False
+                self._record_skips([(d["shards"][i], d["keys"][i], f"DALI and PyAV failed to decode it: {e}")])
+        c = self.spec.crop
+        u8 = torch.from_numpy(np.concatenate(clips)) if clips else torch.zeros((0, self.spec.frames, c, c, 3), dtype=torch.uint8)
+        return self._normalise(u8), keep
+
+    def _run_dali(self, d):
+        """(video, keep) of one raw batch, through DALI (PyAV if DALI raises)."""
+        if not d["raw"]:
+            c = self.spec.crop
+            return self._normalise(torch.zeros((0, self.spec.frames, c, c, 3), dtype=torch.uint8)), np.ones(0, bool)
+        if self._pipe is None:
+            self._pipe = self._new_pipe()
+        raw = [(data, plans, ids) for (data, plans), ids in zip(d["raw"], d["ids"])]
+        try:
+            _dali.feed(self._pipe, raw, self.num_classes)
+            out = self._pipe.run()
+            video = _dali.to_torch(out[0], self.device)
+            # multi-hot built by DALI (one_hot + max over the ids member); one row per view
+            d["targets"] = _dali.to_torch(out[1], torch.device("cpu"))[:: self.num_views].numpy()
+        except Exception as e:  # DALI has no skip-on-error: rebuild, decode this batch with PyAV
+            warnings.warn(f"DALI failed on a batch ({str(e).splitlines()[0][:200]}); decoding it with PyAV", RuntimeWarning)
+            self._pipe = None
+            d = dict(d, raw=raw)
+            return self._fallback(d)
+        return video, np.ones(len(d["keys"]), bool)
+
+    def _iter_dali(self):
+        for d in self._raw_batches():
+            self._record_skips(d["skipped"])
+            video, keep = self._run_dali(d)
+            bad = self._constant_views(video) & keep if video.shape[0] else np.zeros(0, bool)
+            if bad.any():
+                self._record_skips([(d["shards"][i], d["keys"][i], "decoded clip is constant (e.g. all black): broken video") for i in np.flatnonzero(bad)])
+                keep = keep & ~bad
+            yield self._finish(video, d, keep)
+
+
+def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, batch_size: int = 8, rank: int = 0,
+                world_size: int = 1, train: bool = True, backend: str = "auto", device: str = "cpu", seed: int = 0,
+                with_audio: bool = False, num_workers: int = 2, views=1, **kw) -> VideoLoader:
+    """A loader over ``split`` of the packed dataset ``data`` (folder or Manifest).
+
+    ``clip``: :class:`ClipSpec` (default I3D: 16 consecutive frames, stride 2, 224 crop).
+    ``rank``/``world_size``: this process's disjoint part (``torchrun``); every rank gets
+    ``len(loader)`` batches. ``train``: random clips/crops/flips and shuffling with
+    ``seed + epoch`` (``set_epoch``), dropping the last ``N mod (world*B)``; evaluation:
+    centre clips (or ``views`` = temporal x spatial views), every sample once.
+    ``backend``: ``auto`` | ``dali`` | ``pyav``; ``device``: ``cpu`` | ``cuda`` | ``auto``.
+    Extra keywords: ``shuffle``, ``drop_last``, ``decoder_threads`` (PyAV codec threads),
+    ``dali_threads``, ``prefetch`` (batches per worker).
+    """
+    return VideoLoader(data, split, clip or ClipSpec(), batch_size, rank=rank, world_size=world_size, train=train,
+                       backend=backend, device=device, seed=seed, with_audio=with_audio, num_workers=num_workers,
+                       views=views, **kw)

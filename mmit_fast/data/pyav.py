@@ -1,0 +1,316 @@
+"""PyAV decoding, and the per-batch work every backend shares.
+
+:class:`BatchSource` turns ``(epoch, batch)`` into one batch of one rank: it reads the
+members of each sample straight from the tar (offsets from the ``.idx``), plans the views
+(:mod:`.sampling`), builds multi-hot targets and the audio windows, and then either decodes
+the frames with PyAV (``decode=True``: the CPU backend) or only checks the video container
+and hands the encoded bytes, frame indices and crop windows to DALI (``decode=False``).
+It runs inside ``torch.utils.data.DataLoader`` worker processes.
+
+Decoding one view (:func:`decode_clip`) touches as little as possible:
+
+1. demux every packet (cheap; no decoding) -> presentation order, keyframes; a container
+   that fails to demux, or holds fewer packets than the sample's metadata says
+   (a truncated file), makes the sample *bad*;
+2. for each run of needed frames, start decoding at the last keyframe before it (a seek:
+   flush the decoder and feed packets from that keyframe) unless the decoder is already
+   between that keyframe and the frame; stop after the last needed frame;
+3. convert only the needed frames to RGB, resizing in the same swscale call
+   (``frame.reformat``, bilinear), then crop and flip in NumPy.
+
+A bad sample (demux/decode error, missing frames, a constant (e.g. all-black) clip) is
+dropped from its batch and reported in ``skipped`` with the shard, key and reason.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import shards as S
+from .index import MemberReader, SampleTable
+from .sampling import ClipSpec, ViewPlan, audio_window, plan_views
+
+try:  # PyAV is needed by the CPU backend and to check containers before DALI decodes them
+    import av
+except ImportError:  # pragma: no cover
+    av = None
+
+
+class BadSample(Exception):
+    """A sample that cannot be used (the reason is the message)."""
+
+
+# --------------------------------------------------------------------------- video
+class Demuxed:
+    """The packets of a video stream in decode order, with their presentation ranks."""
+
+    def __init__(self, data: bytes, expect_frames: Optional[int] = None, threads: int = 1):
+        if av is None:
+            raise ImportError("PyAV is required: pip install av")
+        try:
+            self.container = av.open(io.BytesIO(data), mode="r")
+        except Exception as e:
+            raise BadSample(f"cannot open the mp4 ({type(e).__name__}: {e})") from None
+        vs = [s for s in self.container.streams if s.type == "video"]
+        if not vs:
+            raise BadSample("the mp4 has no video stream")
+        self.stream = vs[0]
+        ctx = self.stream.codec_context
+        if threads and threads > 1:
+            ctx.thread_type = "AUTO"
+            ctx.thread_count = int(threads)
+        else:
+            ctx.thread_count = 1
+        self.ctx = ctx
+        pkts = []
+        try:
+            for p in self.container.demux(self.stream):
+                if p.size == 0 or p.pts is None:
+                    continue
+                pkts.append(p)
+        except Exception as e:
+            raise BadSample(f"the mp4 does not demux ({type(e).__name__}: {e})") from None
+        if not pkts:
+            raise BadSample("the mp4 holds no video packets")
+        if expect_frames and len(pkts) < int(expect_frames):
+            raise BadSample(f"the mp4 is truncated: {len(pkts)} video packets, metadata says {expect_frames} frames")
+        self.packets = pkts
+        pts = np.array([p.pts for p in pkts], dtype=np.int64)
+        order = np.argsort(pts, kind="stable")
+        self.pts_sorted = pts[order]
+        self.rank_of_pts = {int(v): i for i, v in enumerate(self.pts_sorted)}
+        self.num_frames = len(pkts)
+        # decode position of each packet, by presentation rank; keyframe positions
+        self.pos_of_rank = np.empty(len(pkts), dtype=np.int64)
+        self.pos_of_rank[order] = np.arange(len(pkts))
+        self.key_pos = np.array([i for i, p in enumerate(pkts) if p.is_keyframe], dtype=np.int64)
+        if self.key_pos.size == 0 or self.key_pos[0] != 0:
+            self.key_pos = np.concatenate([[0], self.key_pos]).astype(np.int64)
+
+    def close(self):
+        try:
+            self.container.close()
+        except Exception:
+            pass
+
+
+#: swscale flags of the YUV->RGB conversion: BT.601 (from the stream), bilinear chroma
+#: upsampling over full chroma resolution, accurate rounding -- bit-exact with DALI's decoder.
+SWS_FLAGS = int(av.video.reformatter.Interpolation.BILINEAR | av.video.reformatter.Interpolation.FULL_CHR_H_INT
+                | av.video.reformatter.Interpolation.ACCURATE_RND) if av is not None else 0
+
+
+def decode_frames(dm: Demuxed, indices: Sequence[int]) -> Dict[int, np.ndarray]:
+    """RGB frames (uint8 HxWx3, native size) for the presentation indices ``indices``."""
+    need = sorted(set(int(i) for i in indices))
+    if need[-1] >= dm.num_frames or need[0] < 0:
+        raise BadSample(f"frame {need[-1]} requested from a video of {dm.num_frames} frames")
+    got: Dict[int, np.ndarray] = {}
+    pkts, ctx = dm.packets, dm.ctx
+    pos = None  # next packet position to feed; None = decoder not started
+    last_needed = need[-1]
+    try:
+        for target in need:
+            if target in got:
+                continue
+            tpos = int(dm.pos_of_rank[target])
+            kf = int(dm.key_pos[np.searchsorted(dm.key_pos, tpos, side="right") - 1])
+            if pos is None or kf > pos:  # seek: start (again) at the keyframe
+                if pos is not None:
+                    ctx.flush_buffers()
+                pos = kf
+            # feed until the target frame comes out (B-frames delay output)
+            while target not in got:
+                if pos < len(pkts):
+                    frames = ctx.decode(pkts[pos])
+                    pos += 1
+                else:
+                    frames = ctx.decode(None)
+                    if not frames:
+                        break
+                for fr in frames:
+                    r = dm.rank_of_pts.get(int(fr.pts)) if fr.pts is not None else None
+                    if r is not None and r in need and r not in got:
+                        got[r] = fr.to_ndarray(format="rgb24", interpolation=SWS_FLAGS)
+            if target not in got:
+                break
+    except BadSample:
+        raise
+    except Exception as e:
+        raise BadSample(f"decode error ({type(e).__name__}: {e})") from None
+    missing = [i for i in need if i not in got]
+    if missing:
+        raise BadSample(f"frames {missing[:5]} could not be decoded")
+    return got
+
+
+def resize_clip(clip: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+    """Resize uint8 [T,H,W,3] to ``hw``: linear interpolation with antialiasing (a triangle
+    filter widened by the scale factor when shrinking), rounded -- what DALI's
+    ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)`` computes."""
+    if tuple(clip.shape[1:3]) == tuple(hw):
+        return clip
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
+    t = F.interpolate(t, size=tuple(int(v) for v in hw), mode="bilinear", antialias=True, align_corners=False)
+    return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan) -> np.ndarray:
+    """uint8 [T, crop, crop, 3] of one view: resize the decoded frames, crop, flip."""
+    y, x = plan.crop_yx
+    c = plan.crop
+    clip = resize_clip(np.stack([frames[int(i)] for i in plan.indices]), plan.resize_hw)
+    clip = clip[:, y: y + c, x: x + c]
+    if plan.flip:
+        clip = clip[:, :, ::-1]
+    return np.ascontiguousarray(clip)
+
+
+def is_constant(clip: np.ndarray) -> bool:
+    """True when every pixel of the clip has the same colour (black frames from a broken decode)."""
+    flat = clip.reshape(-1, clip.shape[-1])
+    return bool((flat.max(0) == flat.min(0)).all())
+
+
+def decode_clip(data: bytes, plans: Sequence[ViewPlan], expect_frames: Optional[int] = None, threads: int = 1) -> np.ndarray:
+    """uint8 [V, T, crop, crop, 3] for the views ``plans`` of one encoded video."""
+    dm = Demuxed(data, expect_frames, threads)
+    try:
+        frames = decode_frames(dm, [int(i) for p in plans for i in p.indices])
+        views = [cut_view(frames, p) for p in plans]
+    finally:
+        dm.close()
+    for v in views:
+        if is_constant(v):
+            raise BadSample("decoded clip is constant (all frames one colour, e.g. black): broken video")
+    return np.stack(views)
+
+
+# --------------------------------------------------------------------------- audio
+def decode_audio(data: bytes, sample_rate: int = S.AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate`` from a .flac/.wav member."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as c:
+            st = c.streams.audio[0]
+            rs = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            parts = []
+            for fr in c.decode(st):
+                for o in rs.resample(fr):
+                    parts.append(o.to_ndarray().reshape(-1))
+            for o in rs.resample(None):
+                parts.append(o.to_ndarray().reshape(-1))
+    except Exception as e:
+        raise BadSample(f"audio member does not decode ({type(e).__name__}: {e})") from None
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+# --------------------------------------------------------------------------- batches
+class BatchSource:
+    """``(epoch, batch) -> dict`` for one rank; picklable, used in DataLoader workers."""
+
+    def __init__(self, table: SampleTable, plans_fn, num_classes: int, spec: ClipSpec, *, train: bool, seed: int,
+                 views, with_audio: bool, audio_samples: int, decode: bool, threads: int = 1):
+        self.table = table
+        self.reader = MemberReader(table)
+        self.plans_fn = plans_fn          # epoch -> list of arrays of global sample indices
+        self.num_classes = num_classes
+        self.spec = spec
+        self.train = train
+        self.seed = seed
+        self.views = views
+        self.with_audio = with_audio
+        self.audio_samples = int(audio_samples)
+        self.decode = decode
+        self.threads = threads
+        self._plan_epoch = None
+        self._plan = None
+
+    def batches(self, epoch: int):
+        if self._plan_epoch != epoch:
+            self._plan, self._plan_epoch = self.plans_fn(epoch), epoch
+        return self._plan
+
+    def __len__(self):
+        return len(self.batches(0))
+
+    def load_sample(self, gi: int, epoch: int):
+        ref = self.table.samples[gi]
+        where = f"{self.table.shards[ref.shard]}:{ref.key}"
+        meta = S.parse_sample_meta(self.reader.read(ref, S.META_EXT) or b"", where)
+        ids_b = self.reader.read(ref, S.LABEL_EXT)
+        ids = S.decode_label_ids(ids_b) if ids_b is not None else np.asarray(meta["label_ids"], np.int64)
+        if ids.size and (ids.max() >= self.num_classes or ids.min() < 0):
+            raise BadSample(f"label ids {ids.tolist()} out of range for {self.num_classes} classes")
+        nf, h, w, fps = int(meta.get("frames") or 0), int(meta.get("height") or 0), int(meta.get("width") or 0), float(meta.get("fps") or 0)
+        mp4 = self.reader.read(ref, S.VIDEO_EXT)
+        if not (nf > 0 and h > 0 and w > 0 and fps > 0):
+            raise BadSample(f"metadata lacks frames/width/height/fps ({ {k: meta.get(k) for k in ('frames', 'width', 'height', 'fps')} })")
+        plans = plan_views(nf, h, w, fps, self.spec, train=self.train, seed=self.seed, epoch=epoch, sample=gi, views=self.views)
+        return ref, meta, ids, mp4, plans, fps
+
+    def __getitem__(self, item):
+        epoch, b = item
+        idx = self.batches(epoch)[b]
+        clips, raw, keys, where, ids_list, audio, has_audio, skipped = [], [], [], [], [], [], [], []
+        for gi in idx:
+            gi = int(gi)
+            ref = self.table.samples[gi]
+            try:
+                ref, meta, ids, mp4, plans, fps = self.load_sample(gi, epoch)
+                nf = int(meta["frames"])
+                if self.decode:
+                    clips.append(decode_clip(mp4, plans, nf, self.threads))
+                else:
+                    dm = Demuxed(mp4, nf)  # container check: DALI cannot skip a broken video
+                    if dm.num_frames < max(int(p.indices.max()) + 1 for p in plans):
+                        raise BadSample(f"video has {dm.num_frames} frames, fewer than needed")
+                    dm.close()
+                    raw.append((np.frombuffer(mp4, np.uint8), plans))
+                wave = None
+                if self.with_audio:
+                    ab = None
+                    for ext in S.AUDIO_EXTS:
+                        ab = self.reader.read(ref, ext)
+                        if ab is not None:
+                            break
+                    if ab is not None:
+                        wave = decode_audio(ab)
+                    audio.append(np.stack([audio_window(wave, p.audio_start, self.audio_samples, S.AUDIO_SAMPLE_RATE) for p in plans]))
+                has_audio.append(wave is not None and len(wave) > 0)
+            except (BadSample, S.ShardFormatError) as e:
+                skipped.append((self.table.shards[ref.shard], ref.key, str(e)))
+                if clips and len(clips) > len(keys):
+                    clips.pop()
+                if raw and len(raw) > len(keys):
+                    raw.pop()
+                continue
+            keys.append(ref.key)
+            where.append(self.table.shards[ref.shard])
+            ids_list.append(ids)
+        targets = np.zeros((len(keys), self.num_classes), np.float32)
+        for i, ids in enumerate(ids_list):
+            targets[i, ids] = 1.0
+        out = {
+            "keys": keys,
+            "shards": where,
+            "ids": [i.astype(np.int32) for i in ids_list],
+            "targets": targets,
+            "has_audio": np.asarray(has_audio, dtype=bool),
+            "audio": (np.concatenate(audio)[:, None, :] if audio else np.zeros((0, 1, self.audio_samples), np.float32)) if self.with_audio else None,
+            "skipped": skipped,
+        }
+        if self.decode:
+            c = self.spec.crop
+            import torch  # a tensor travels from the worker through shared memory
+
+            out["video"] = torch.from_numpy(np.concatenate(clips) if clips else np.zeros((0, self.spec.frames, c, c, 3), np.uint8))
+        else:
+            out["raw"] = raw
+        return out

@@ -1,0 +1,177 @@
+"""Reading a vocabulary and annotation rows.
+
+* Categories file: one class name per line (M-MiT's ``moments_categories.txt`` style;
+  a trailing ``,<integer id>`` on a line, as in Moments in Time v1, is accepted and the id
+  must equal the line's position). Blank lines are skipped; duplicates are an error.
+* Annotations, M-MiT CSV: rows ``relative/video/path.mp4,label,label,...`` (no header; a
+  first row whose first field is ``path``/``video``/``filename`` is taken as a header).
+* Annotations, JSONL: one object per line, ``{"path": ..., "labels": [...]}``.
+
+A label outside the vocabulary is an :class:`AnnotationError` naming the file, line and
+video, unless ``drop_unknown`` (then the label is dropped; a row left with no label is
+rejected with that reason). A video listed twice is rejected the second time.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+
+class AnnotationError(ValueError):
+    """A categories or annotation file that cannot be used; the message names file and line."""
+
+
+@dataclass
+class Annotation:
+    index: int                 # position among the annotation rows (stable: it makes the key)
+    path: str                  # as written in the file (relative to the video root)
+    labels: List[str]
+    label_ids: List[int]
+    line: int                  # 1-based line in the annotation file
+    dropped: List[str] = field(default_factory=list)   # unknown labels dropped (drop_unknown)
+
+
+def read_categories(path: str) -> List[str]:
+    """The vocabulary: class names in id order."""
+    if not os.path.exists(path):
+        raise AnnotationError(f"categories file {path} does not exist")
+    classes: List[str] = []
+    seen: Dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            name = line
+            if "," in line:
+                head, _, tail = line.rpartition(",")
+                if tail.strip().lstrip("-").isdigit():
+                    if int(tail) != len(classes):
+                        raise AnnotationError(
+                            f"{path}:{lineno}: class {head.strip()!r} has id {tail.strip()}, expected {len(classes)} "
+                            "(ids must count up from 0 in file order)")
+                    name = head.strip()
+            if name in seen:
+                raise AnnotationError(f"{path}:{lineno}: class {name!r} repeats line {seen[name]}")
+            seen[name] = lineno
+            classes.append(name)
+    if not classes:
+        raise AnnotationError(f"categories file {path} lists no classes")
+    return classes
+
+
+def _detect_jsonl(path: str) -> bool:
+    if path.endswith((".jsonl", ".json", ".ndjson")):
+        return True
+    if path.endswith((".csv", ".txt")):
+        return False
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            if line.strip():
+                return line.lstrip().startswith("{")
+    return False
+
+
+def _raw_rows(path: str) -> List[Tuple[int, str, List[str]]]:
+    """``(line, video path, labels)`` for each non-empty row."""
+    rows = []
+    if _detect_jsonl(path):
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise AnnotationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or "path" not in obj:
+                    raise AnnotationError(f"{path}:{lineno}: expected an object with 'path' and 'labels'")
+                labels = obj.get("labels", [])
+                if isinstance(labels, str):
+                    labels = [labels]
+                if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                    raise AnnotationError(f"{path}:{lineno}: 'labels' must be a list of class names")
+                rows.append((lineno, str(obj["path"]), [x.strip() for x in labels if x.strip()]))
+    else:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            for fields in reader:
+                lineno = reader.line_num
+                fields = [x.strip() for x in fields]
+                if not fields or not any(fields):
+                    continue
+                rows.append((lineno, fields[0], [x for x in fields[1:] if x]))
+    return rows
+
+
+def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = False
+                     ) -> Tuple[List[Annotation], List[Dict]]:
+    """Parse ``path`` against ``classes``; return ``(rows, rejected)`` where rejected rows are
+    ``{"source", "reason", "line", "index"}`` (no labels left, duplicate video)."""
+    if not os.path.exists(path):
+        raise AnnotationError(f"annotation file {path} does not exist")
+    ids = {c: i for i, c in enumerate(classes)}
+    raw = _raw_rows(path)
+    if raw and raw[0][1].lower() in ("path", "video", "filename", "file", "video_path") and not any(l in ids for l in raw[0][2]):
+        raw = raw[1:]
+    out: List[Annotation] = []
+    rejected: List[Dict] = []
+    first_line: Dict[str, int] = {}
+    for index, (lineno, vpath, labels) in enumerate(raw):
+        if not vpath:
+            raise AnnotationError(f"{path}:{lineno}: empty video path")
+        unknown = [l for l in labels if l not in ids]
+        if unknown and not drop_unknown:
+            raise AnnotationError(
+                f"{path}:{lineno}: video {vpath!r} has label(s) {unknown} not in the {len(classes)}-class "
+                f"vocabulary (pass --drop-unknown / drop_unknown=True to drop them)")
+        known: List[str] = []
+        for l in labels:
+            if l in ids and l not in known:
+                known.append(l)
+        if vpath in first_line:
+            rejected.append({"source": vpath, "line": lineno, "index": index,
+                             "reason": f"duplicate: the video is already listed on line {first_line[vpath]}"})
+            continue
+        first_line[vpath] = lineno
+        if not known:
+            why = f"no known labels (dropped unknown {unknown})" if unknown else "no labels"
+            rejected.append({"source": vpath, "line": lineno, "index": index, "reason": why})
+            continue
+        out.append(Annotation(index=index, path=vpath, labels=known, label_ids=[ids[l] for l in known],
+                              line=lineno, dropped=unknown))
+    return out, rejected
+
+
+def parse_part(part) -> Optional[Tuple[int, int]]:
+    """``"2/8"`` or ``(2, 8)`` -> ``(2, 8)``; ``None`` stays ``None``."""
+    if part is None:
+        return None
+    if isinstance(part, str):
+        try:
+            i, n = (int(x) for x in part.split("/"))
+        except ValueError:
+            raise ValueError(f"--part must look like i/N (e.g. 0/4), got {part!r}") from None
+    else:
+        i, n = part
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"part {i}/{n}: need 0 <= i < N")
+    return int(i), int(n)
+
+
+def part_range(total: int, part: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """Part ``i`` of ``N`` of ``total`` rows: the half-open index range
+    ``[i*total//N, (i+1)*total//N)``; the parts are disjoint and cover every row."""
+    if part is None:
+        return 0, total
+    i, n = part
+    return i * total // n, (i + 1) * total // n
+
+
+def select_part(rows: Sequence, part: Optional[Tuple[int, int]]) -> List:
+    """The rows of part ``i`` of ``N`` (a contiguous slice, see :func:`part_range`)."""
+    lo, hi = part_range(len(rows), part)
+    return list(rows[lo:hi])

@@ -1,0 +1,156 @@
+"""``mmit inspect SHARD``: list the samples of a shard and validate every one of them.
+
+Checks, per shard: the ``.idx`` exists and equals the index recomputed from the tar (so DALI
+reads the right bytes). Per sample: a valid key; ``.mp4``, ``.json`` and ``.ids`` present;
+the metadata parses and names the same key; ``.ids`` equals ``label_ids`` and the label
+names match the manifest vocabulary (when the shard's folder has a manifest); the video
+decodes in full with the declared frame count and size; the audio member (present exactly
+when ``has_audio``) decodes to ``audio_samples`` samples; ``.gt.npz`` loads without pickle.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .. import shards as S
+from .transcode import decode_audio_bytes, decode_video_bytes
+from .writer import index_entries_of_tar, iter_tar_samples, read_index
+
+
+def _find_manifest(tar_path: str) -> Optional[S.Manifest]:
+    folder = os.path.dirname(os.path.abspath(tar_path))
+    name = os.path.basename(tar_path)
+    cands = [os.path.join(folder, S.MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
+    for c in cands:
+        if os.path.exists(c):
+            try:
+                m = S.load_manifest(c)
+            except Exception:
+                continue
+            if any(s.path == name for s in m.shards) or c.endswith(S.MANIFEST_NAME):
+                return m
+    return None
+
+
+def inspect_shard(tar_path: str, decode: bool = True, limit: Optional[int] = None,
+                  out: Optional[Callable[[str], None]] = print) -> Dict:
+    """Validate one shard; print one line per sample (``out=None`` to stay quiet).
+
+    Returns ``{"shard", "samples", "errors": [str], "keys": [str]}``; ``errors`` is empty for
+    a good shard."""
+    say = out or (lambda s: None)
+    errors: List[str] = []
+    keys: List[str] = []
+    if not os.path.exists(tar_path):
+        raise FileNotFoundError(f"no shard at {tar_path}")
+    man = _find_manifest(tar_path)
+    idx = S.index_name(tar_path)
+    try:
+        entries = index_entries_of_tar(tar_path)
+    except Exception as e:
+        return {"shard": tar_path, "samples": 0, "errors": [f"{tar_path}: not a readable tar ({e})"], "keys": []}
+    if not os.path.exists(idx):
+        errors.append(f"{tar_path}: no DALI index {os.path.basename(idx)} next to it")
+    else:
+        try:
+            got = read_index(idx)
+            if got != [[tuple(e) for e in s] for s in entries]:
+                errors.append(f"{idx}: does not match the tar's members (stale or foreign index)")
+        except S.ShardFormatError as e:
+            errors.append(str(e))
+    say(f"{tar_path}: {len(entries)} samples" + (f", manifest with {man.num_classes} classes" if man else ", no manifest found"))
+    for n, (key, mem) in enumerate(iter_tar_samples(tar_path)):
+        if limit is not None and n >= limit:
+            break
+        where = f"{os.path.basename(tar_path)}:{key}"
+        problems: List[str] = []
+        keys.append(key)
+        try:
+            S.validate_key(key)
+        except S.ShardFormatError as e:
+            problems.append(str(e))
+        for m in (S.VIDEO_EXT, S.META_EXT, S.LABEL_EXT):
+            if m not in mem:
+                problems.append(f"missing .{m}")
+        meta: Dict = {}
+        if S.META_EXT in mem:
+            try:
+                meta = S.parse_sample_meta(mem[S.META_EXT], where=where)
+                if meta["key"] != key:
+                    problems.append(f"metadata key {meta['key']!r} != member key")
+            except S.ShardFormatError as e:
+                problems.append(str(e))
+        ids = None
+        if S.LABEL_EXT in mem:
+            try:
+                ids = S.decode_label_ids(mem[S.LABEL_EXT]).tolist()
+            except S.ShardFormatError as e:
+                problems.append(str(e))
+        if meta and ids is not None and list(meta.get("label_ids", [])) != ids:
+            problems.append(f".ids {ids} != metadata label_ids {meta.get('label_ids')}")
+        if man and ids is not None:
+            if any(i >= man.num_classes for i in ids):
+                problems.append(f"label ids {ids} out of range for {man.num_classes} classes")
+            elif meta.get("labels") is not None and [man.classes[i] for i in ids] != list(meta["labels"]):
+                problems.append(f"label names {meta['labels']} do not match ids {ids} in the vocabulary")
+        frames = w = h = None
+        if decode and S.VIDEO_EXT in mem:
+            try:
+                frames, w, h, _ = decode_video_bytes(mem[S.VIDEO_EXT], where="video")
+                if meta and (frames != meta.get("frames") or w != meta.get("width") or h != meta.get("height")):
+                    problems.append(f"video decodes to {frames} frames {w}x{h}, metadata says "
+                                    f"{meta.get('frames')} frames {meta.get('width')}x{meta.get('height')}")
+            except ValueError as e:
+                problems.append(str(e))
+        audio_ext = next((e for e in S.AUDIO_EXTS if e in mem), None)
+        if meta:
+            if bool(meta.get("has_audio")) != (audio_ext is not None):
+                problems.append(f"has_audio={meta.get('has_audio')} but audio member "
+                                f"{'present' if audio_ext else 'absent'}")
+        if decode and audio_ext:
+            try:
+                a = decode_audio_bytes(mem[audio_ext])
+                if meta and a.size != meta.get("audio_samples"):
+                    problems.append(f"audio decodes to {a.size} samples, metadata says {meta.get('audio_samples')}")
+            except ValueError as e:
+                problems.append(str(e))
+        gt = ""
+        if S.GT_EXT in mem:
+            try:
+                with np.load(io.BytesIO(mem[S.GT_EXT]), allow_pickle=False) as z:
+                    gt = f" gt[{','.join(sorted(z.files)[:4])}{',...' if len(z.files) > 4 else ''}]"
+            except Exception as e:
+                problems.append(f"gt.npz does not load ({e})")
+        labels = meta.get("labels", ids)
+        say(f"  {key}  labels={labels} ids={ids} frames={frames if frames is not None else meta.get('frames')} "
+            f"{w or meta.get('width')}x{h or meta.get('height')} audio={audio_ext or 'none'}{gt}"
+            + ("  ERROR: " + "; ".join(problems) if problems else ""))
+        errors.extend(f"{where}: {p}" for p in problems)
+    say("OK" if not errors else f"{len(errors)} problem(s)")
+    return {"shard": tar_path, "samples": len(entries), "errors": errors, "keys": keys}
+
+
+def validate_dataset(root: str, decode: bool = False) -> Dict:
+    """Check every shard listed by ``manifest.json``: it exists, sample counts match, keys are
+    unique across the dataset; with ``decode`` also inspect each sample."""
+    man = S.load_manifest(root)
+    errors: List[str] = []
+    keys = set()
+    for s in man.shards:
+        path = os.path.join(man.root, s.path)
+        if not os.path.exists(path):
+            errors.append(f"{s.path}: listed in the manifest but missing")
+            continue
+        rep = inspect_shard(path, decode=decode, out=None)
+        errors.extend(rep["errors"])
+        if rep["samples"] != s.samples:
+            errors.append(f"{s.path}: manifest says {s.samples} samples, the tar holds {rep['samples']}")
+        dup = keys.intersection(rep["keys"])
+        if dup:
+            errors.append(f"{s.path}: keys also in other shards: {sorted(dup)[:5]}")
+        keys.update(rep["keys"])
+    return {"samples": len(keys), "errors": errors}
