@@ -39,33 +39,58 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
         pos = yv & inb
         neg = (yv == 0) & inb
         npos = tl.sum(pos.to(tl.int32), 0)
+        nneg = tl.sum(neg.to(tl.int32), 0)
+        nloop = tl.where(nneg > 0, npos, 0)  # no negative: nothing to rank, loss 0
         if HAS_W:
             w = tl.load(W + cols, mask=inb, other=0.0).to(tl.float32)
         else:
             w = tl.full([BLOCK], 1.0, tl.float32)
-        rank = tl.cumsum(pos.to(tl.int32), 0) - 1
         inv = 1.0 / tl.maximum(npos, 1).to(tl.float32)
         loss = tl.full((), 0.0, tl.float32)
         g = tl.zeros([BLOCK], tl.float32)
-        for k in range(npos):
-            sel = pos & (rank == k)
-            xi = tl.sum(tl.where(sel, x, 0.0), 0)
-            wi = tl.sum(tl.where(sel, w, 0.0), 0)
-            mg = 1.0 + x - xi
-            viol = neg & (mg > 0)
-            R = tl.sum(viol.to(tl.int32), 0)
-            S = tl.sum(tl.where(viol, mg, 0.0), 0)
-            c = wi * tl.load(H + R) * inv
-            loss += c * S
+        if npos <= nneg:
+            # loop over the positives (the usual case: |Y| ~ 2)
+            rank = tl.cumsum(pos.to(tl.int32), 0) - 1
+            for k in range(nloop):
+                sel = pos & (rank == k)
+                xi = tl.sum(tl.where(sel, x, 0.0), 0)
+                wi = tl.sum(tl.where(sel, w, 0.0), 0)
+                mg = 1.0 + x - xi
+                viol = neg & (mg > 0)
+                R = tl.sum(viol.to(tl.int32), 0)
+                S = tl.sum(tl.where(viol, mg, 0.0), 0)
+                c = wi * tl.load(H + R) * inv
+                loss += c * S
+                if NEED_GRAD:
+                    g += tl.where(viol, c, tl.where(sel, -c * R.to(tl.float32), 0.0))
+        else:
+            # dense rows: loop over the (fewer) negatives, R and S as vectors over the positives
+            rank = tl.cumsum(neg.to(tl.int32), 0) - 1
+            Rv = tl.zeros([BLOCK], tl.int32)
+            Sv = tl.zeros([BLOCK], tl.float32)
+            for k in range(tl.where(npos > 0, nneg, 0)):
+                xj = tl.sum(tl.where(neg & (rank == k), x, 0.0), 0)
+                mg = 1.0 + xj - x
+                viol = pos & (mg > 0)
+                Rv += viol.to(tl.int32)
+                Sv += tl.where(viol, mg, 0.0)
+            cv = tl.where(pos, w * tl.load(H + Rv, mask=pos, other=0.0) * inv, 0.0)
+            loss += tl.sum(cv * Sv, 0)
             if NEED_GRAD:
-                g += tl.where(viol, c, tl.where(sel, -c * R.to(tl.float32), 0.0))
+                g = -cv * Rv.to(tl.float32)
+                for k in range(tl.where(npos > 0, nneg, 0)):
+                    sel = neg & (rank == k)
+                    xj = tl.sum(tl.where(sel, x, 0.0), 0)
+                    gj = tl.sum(tl.where(pos & (1.0 + xj - x > 0), cv, 0.0), 0)
+                    g += tl.where(sel, gj, 0.0)
         tl.store(LOSS + row, loss)
         if NEED_GRAD:
             tl.store(grow + cols, (g * scale).to(G.dtype.element_ty), mask=inb)
     else:
         irow = IDX + row * C
         crow = CBUF + row * C
-        # pass 0: compact the positives' column indices, count the negatives
+        # pass 0: compact the column indices: positives from the front of the scratch row,
+        # negatives from its back (npos + nneg = C, so they never meet)
         npos = tl.full((), 0, tl.int32)
         nneg = tl.full((), 0, tl.int32)
         for b0 in range(0, C, BLOCK):
@@ -73,56 +98,101 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
             inb = cc < C
             yv = tl.load(yrow + cc, mask=inb, other=0) != 0
             pos = yv & inb
-            r = tl.cumsum(pos.to(tl.int32), 0) - 1 + npos
-            tl.store(irow + r, cc.to(tl.int32), mask=pos)
+            neg = (yv == 0) & inb
+            rp = tl.cumsum(pos.to(tl.int32), 0) - 1 + npos
+            rn = tl.cumsum(neg.to(tl.int32), 0) - 1 + nneg
+            tl.store(irow + rp, cc.to(tl.int32), mask=pos)
+            tl.store(irow + (C - 1 - rn), cc.to(tl.int32), mask=neg)
             npos += tl.sum(pos.to(tl.int32), 0)
-            nneg += tl.sum(((yv == 0) & inb).to(tl.int32), 0)
+            nneg += tl.sum(neg.to(tl.int32), 0)
         tl.debug_barrier()
         inv = 1.0 / tl.maximum(npos, 1).to(tl.float32)
         loss = tl.full((), 0.0, tl.float32)
-        # one exact pass over the columns per positive
-        for k in range(npos):
-            i = tl.load(irow + k)
-            xi = tl.load(xrow + i).to(tl.float32)
-            Rv = tl.zeros([BLOCK], tl.int32)
-            Sv = tl.zeros([BLOCK], tl.float32)
-            for b0 in range(0, C, BLOCK):
-                cc = b0 + cols
-                inb = cc < C
-                x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                yv = tl.load(yrow + cc, mask=inb, other=0) != 0
-                mg = 1.0 + x - xi
-                viol = (yv == 0) & inb & (mg > 0)
-                Rv += viol.to(tl.int32)
-                Sv += tl.where(viol, mg, 0.0)
-            R = tl.sum(Rv, 0)
-            S = tl.sum(Sv, 0)
-            if HAS_W:
-                wi = tl.load(W + i).to(tl.float32)
-            else:
-                wi = 1.0
-            c = wi * tl.load(H + R) * inv
-            loss += c * S
+        if npos <= nneg:
+            # one exact pass over the columns per positive (|Y| ~ 2)
+            for k in range(tl.where(nneg > 0, npos, 0)):
+                i = tl.load(irow + k)
+                xi = tl.load(xrow + i).to(tl.float32)
+                Rv = tl.zeros([BLOCK], tl.int32)
+                Sv = tl.zeros([BLOCK], tl.float32)
+                for b0 in range(0, C, BLOCK):
+                    cc = b0 + cols
+                    inb = cc < C
+                    x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
+                    yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                    mg = 1.0 + x - xi
+                    viol = (yv == 0) & inb & (mg > 0)
+                    Rv += viol.to(tl.int32)
+                    Sv += tl.where(viol, mg, 0.0)
+                R = tl.sum(Rv, 0)
+                S = tl.sum(Sv, 0)
+                if HAS_W:
+                    wi = tl.load(W + i).to(tl.float32)
+                else:
+                    wi = 1.0
+                c = wi * tl.load(H + R) * inv
+                loss += c * S
+                if NEED_GRAD:
+                    tl.store(crow + k, c)
+                    tl.store(grow + i, (-c * R.to(tl.float32) * scale).to(G.dtype.element_ty))
             if NEED_GRAD:
-                tl.store(crow + k, c)
-                tl.store(grow + i, (-c * R.to(tl.float32) * scale).to(G.dtype.element_ty))
-        tl.store(LOSS + row, loss)
-        if NEED_GRAD:
-            tl.debug_barrier()
-            # negatives: sum of c_i over the positives they violate
+                tl.debug_barrier()
+                # negatives: sum of c_i over the positives they violate
+                for b0 in range(0, C, BLOCK):
+                    cc = b0 + cols
+                    inb = cc < C
+                    x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
+                    yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                    neg = (yv == 0) & inb
+                    gacc = tl.zeros([BLOCK], tl.float32)
+                    for k in range(npos):
+                        i = tl.load(irow + k)
+                        xi = tl.load(xrow + i).to(tl.float32)
+                        c = tl.load(crow + k)
+                        gacc += tl.where(1.0 + x - xi > 0, c, 0.0)
+                    tl.store(grow + cc, (gacc * scale).to(G.dtype.element_ty), mask=neg)
+        else:
+            # dense rows (more positives than negatives): per block of columns, R and S of its
+            # positives over a loop on the negatives; then one pass over the columns per negative
             for b0 in range(0, C, BLOCK):
                 cc = b0 + cols
                 inb = cc < C
                 x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
                 yv = tl.load(yrow + cc, mask=inb, other=0) != 0
-                neg = (yv == 0) & inb
-                gacc = tl.zeros([BLOCK], tl.float32)
-                for k in range(npos):
-                    i = tl.load(irow + k)
-                    xi = tl.load(xrow + i).to(tl.float32)
-                    c = tl.load(crow + k)
-                    gacc += tl.where(1.0 + x - xi > 0, c, 0.0)
-                tl.store(grow + cc, (gacc * scale).to(G.dtype.element_ty), mask=neg)
+                pos = yv & inb
+                Rv = tl.zeros([BLOCK], tl.int32)
+                Sv = tl.zeros([BLOCK], tl.float32)
+                for k in range(nneg):
+                    j = tl.load(irow + (C - 1 - k))
+                    xj = tl.load(xrow + j).to(tl.float32)
+                    mg = 1.0 + xj - x
+                    viol = pos & (mg > 0)
+                    Rv += viol.to(tl.int32)
+                    Sv += tl.where(viol, mg, 0.0)
+                if HAS_W:
+                    w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
+                else:
+                    w = tl.full([BLOCK], 1.0, tl.float32)
+                cv = tl.where(pos, w * tl.load(H + Rv, mask=pos, other=0.0) * inv, 0.0)
+                loss += tl.sum(cv * Sv, 0)
+                if NEED_GRAD:
+                    tl.store(crow + cc, cv, mask=inb)
+                    tl.store(grow + cc, (-cv * Rv.to(tl.float32) * scale).to(G.dtype.element_ty), mask=pos)
+            if NEED_GRAD:
+                tl.debug_barrier()
+                for k in range(nneg):
+                    j = tl.load(irow + (C - 1 - k))
+                    xj = tl.load(xrow + j).to(tl.float32)
+                    gv = tl.zeros([BLOCK], tl.float32)
+                    for b0 in range(0, C, BLOCK):
+                        cc = b0 + cols
+                        inb = cc < C
+                        x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
+                        yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                        cv = tl.load(crow + cc, mask=inb, other=0.0)
+                        gv += tl.where(yv & inb & (1.0 + xj - x > 0), cv, 0.0)
+                    tl.store(grow + j, (tl.sum(gv, 0) * scale).to(G.dtype.element_ty))
+        tl.store(LOSS + row, loss)
 
 
 _H_CACHE = {}

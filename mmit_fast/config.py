@@ -57,6 +57,8 @@ class TrainConfig:
     frames: int = 16                    # frames per clip (segments for TSM)
     stride: int = 2                     # frame stride of consecutive clips
     crop: int = 112                     # square crop size in pixels
+    resize: int = 0                     # short side before cropping (0 = round(crop*256/224))
+    flip: bool = True                   # random horizontal flips in training (off when classes are left/right)
     eval_views: int = 1                 # views per video at epoch-end evaluation (1 = centre clip)
     # -- model --------------------------------------------------------------------------
     model: str = "i3d"                  # i3d | tsm | soundnet | fusion

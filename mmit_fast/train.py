@@ -207,13 +207,16 @@ def model_modality(model: nn.Module) -> str:
 def clip_spec(cfg_or_dict: Any, model_name: str):
     from .data import ClipSpec
 
-    g = (lambda k: cfg_or_dict[k]) if isinstance(cfg_or_dict, dict) else (lambda k: getattr(cfg_or_dict, k))
+    d = cfg_or_dict if isinstance(cfg_or_dict, dict) else cfg_or_dict.to_dict()
+    defaults = TrainConfig().to_dict()
+    g = lambda k: d.get(k, defaults[k])  # noqa: E731
     mode = g("clip_mode")
     if mode == "auto":
         mode = "segments" if model_name == "tsm" else "consecutive"
+    extra = {"resize": g("resize") or None, "flip": bool(g("flip"))}
     if mode == "segments":
-        return ClipSpec(mode="segments", frames=g("frames"), crop=g("crop"))
-    return ClipSpec(mode="consecutive", frames=g("frames"), stride=g("stride"), crop=g("crop"))
+        return ClipSpec(mode="segments", frames=g("frames"), crop=g("crop"), **extra)
+    return ClipSpec(mode="consecutive", frames=g("frames"), stride=g("stride"), crop=g("crop"), **extra)
 
 
 def make_loader_for(cfg: TrainConfig, split: str, *, train: bool, rank: int, world: int, device: torch.device,

@@ -172,17 +172,25 @@ class VideoLoader:
             warnings.warn(f"skipped bad sample {s[1]} in {s[0]}: {s[2]}", RuntimeWarning, stacklevel=3)
 
     def _finish(self, video, d, keep=None) -> Batch:
-        """Assemble a Batch (video already float on device for DALI, uint8 NTHWC for PyAV)."""
+        """Assemble a Batch (``video`` float on the device, views contiguous).
+
+        ``keep``: samples that decoded (bad ones are dropped). In training a batch that lost
+        samples is filled back to its planned size by repeating its good samples, so shapes
+        stay fixed (an all-bad batch comes out empty)."""
         V = self.num_views
-        keys, targets, has_audio, audio = d["keys"], torch.from_numpy(d["targets"]), torch.from_numpy(d["has_audio"]), d["audio"]
-        if audio is not None:
-            audio = torch.as_tensor(audio)
-        if keep is not None and not keep.all():
-            ks = np.flatnonzero(keep)
-            vk = (ks[:, None] * V + np.arange(V)[None]).reshape(-1)
+        n = len(d["keys"])
+        rows = np.arange(n) if keep is None else np.flatnonzero(keep)
+        planned = int(d.get("planned", n))
+        if self.train and 0 < len(rows) < planned:
+            rows = rows[np.arange(planned) % len(rows)]
+        keys = [d["keys"][i] for i in rows]
+        targets = torch.from_numpy(d["targets"])
+        has_audio = torch.from_numpy(d["has_audio"])
+        audio = torch.as_tensor(d["audio"]) if d["audio"] is not None else None
+        if len(rows) != n or not np.array_equal(rows, np.arange(n)):
+            vk = (rows[:, None] * V + np.arange(V)[None]).reshape(-1)
             video = video[torch.as_tensor(vk, device=video.device)]
-            keys = [keys[i] for i in ks]
-            targets, has_audio = targets[ks], has_audio[ks]
+            targets, has_audio = targets[torch.as_tensor(rows)], has_audio[torch.as_tensor(rows)]
             if audio is not None:
                 audio = audio[torch.as_tensor(vk)]
         dev = self.device

@@ -150,16 +150,17 @@ def decode_frames(dm: Demuxed, indices: Sequence[int]) -> Dict[int, np.ndarray]:
 
 def resize_clip(clip: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     """Resize uint8 [T,H,W,3] to ``hw``: linear interpolation with antialiasing (a triangle
-    filter widened by the scale factor when shrinking), rounded -- what DALI's
-    ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)`` computes."""
+    filter widened by the scale factor when shrinking), what DALI's
+    ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)`` computes. Runs on uint8
+    channels-last tensors (torch's vectorised path; within 1 grey level of float32)."""
     if tuple(clip.shape[1:3]) == tuple(hw):
         return clip
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
+    t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)   # NCHW view of NHWC = channels_last
     t = F.interpolate(t, size=tuple(int(v) for v in hw), mode="bilinear", antialias=True, align_corners=False)
-    return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return t.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan) -> np.ndarray:
@@ -175,8 +176,7 @@ def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan) -> np.ndarray:
 
 def is_constant(clip: np.ndarray) -> bool:
     """True when every pixel of the clip has the same colour (black frames from a broken decode)."""
-    flat = clip.reshape(-1, clip.shape[-1])
-    return bool((flat.max(0) == flat.min(0)).all())
+    return not bool((clip != clip.reshape(-1, clip.shape[-1])[0]).any())
 
 
 def decode_clip(data: bytes, plans: Sequence[ViewPlan], expect_frames: Optional[int] = None, threads: int = 1) -> np.ndarray:
@@ -298,6 +298,7 @@ class BatchSource:
         for i, ids in enumerate(ids_list):
             targets[i, ids] = 1.0
         out = {
+            "planned": len(idx),
             "keys": keys,
             "shards": where,
             "ids": [i.astype(np.int32) for i in ids_list],

@@ -1,1 +1,20 @@
-"""mmit_fast.losses"""
+"""mmit_fast.losses: exact all-pairs multi-label losses (BCE, WARP, LSEP, wLSEP).
+
+```python
+from mmit_fast.losses import wlsep_loss, get_loss, class_weights
+loss = wlsep_loss(logits, targets, weights=None, reduction="mean", normalize="row")
+crit = get_loss("wlsep", weights=class_weights(counts, scheme="min_ratio"))
+```
+
+Backends (one dispatch point, ``function.select_backend``): fused Triton kernels on CUDA,
+the C++/OpenMP kernel (``mmit_fast._C``) on CPU, plain PyTorch as the fallback; explicit
+``backend=`` > ``MMIT_LOSS_BACKEND`` > device. ``reference`` holds the float64 pairwise
+oracle used by the tests and benchmarks. See docs/losses.md.
+"""
+from .function import BACKENDS, select_backend
+from .functional import (LOSSES, BCELoss, LSEPLoss, WARPLoss, WLSEPLoss, bce_loss, get_loss, lsep_loss, warp_loss,
+                         wlsep_loss)
+from .weights import SCHEMES, class_weights
+
+__all__ = ["bce_loss", "warp_loss", "lsep_loss", "wlsep_loss", "BCELoss", "WARPLoss", "LSEPLoss", "WLSEPLoss",
+           "get_loss", "LOSSES", "class_weights", "SCHEMES", "BACKENDS", "select_backend"]

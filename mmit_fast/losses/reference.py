@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+_FILL = -1e300  # stands for -inf in masked pairs (finite: keeps logsumexp's gradient NaN-free)
+
 __all__ = ["reference_loss", "bce_reference", "warp_reference", "lsep_reference", "wlsep_reference"]
 
 
@@ -64,17 +66,19 @@ def lsep_reference(logits, targets, weights=None, reduction="mean"):
     x, y, w = _prep(logits, targets, weights)
     diff, mask = _pairs(x, y)
     pw = mask * w[None, :, None]
-    # exp only where the pair exists (others set to -inf first: no overflow, zero gradient)
-    e = torch.exp(torch.where(pw > 0, diff, torch.full_like(diff, float("-inf")))) * pw
-    rows = torch.log1p(e.sum((1, 2)))
+    # log(1 + sum_pairs w_i exp(d_ij)) = softplus(logsumexp_pairs(d_ij + log w_i)): the same
+    # pairwise sum, written so that |x| ~ 1e4 does not overflow float64
+    terms = torch.where(pw > 0, diff + torch.log(torch.where(pw > 0, pw, torch.ones_like(pw))),
+                        torch.full_like(diff, _FILL))
+    rows = F.softplus(torch.logsumexp(terms.flatten(1), 1))
     return _reduce(rows, reduction)
 
 
 def wlsep_reference(logits, targets, weights=None, reduction="mean", normalize="row"):
     x, y, w = _prep(logits, targets, weights)
     diff, mask = _pairs(x, y)
-    e = torch.exp(torch.where(mask > 0, diff, torch.full_like(diff, float("-inf"))))
-    per_pos = torch.log1p(e.sum(2))  # [B, C]: 0 for non-positives and when no negatives
+    # per positive: log(1 + sum_j exp(x_j - x_i)) = softplus(logsumexp_j (x_j - x_i))
+    per_pos = F.softplus(torch.logsumexp(torch.where(mask > 0, diff, torch.full_like(diff, _FILL)), 2))
     npos = y.sum(1)
     nneg = (1.0 - y).sum(1)
     valid = (npos > 0) & (nneg > 0)

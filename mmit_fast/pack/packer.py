@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .. import shards as S
 from .._io import atomic_write_json
 from .transcode import EncodeSpec, RejectedInput, _die_with_parent
-from .writer import Sample, ShardWriter, iter_tar_samples, split_stats, write_index
+from .writer import Sample, ShardWriter, _readable, iter_tar_samples, split_stats, write_index
 
 
 @dataclass
@@ -204,7 +204,8 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{desc} {split}", unit="clip",
-                   dynamic_ncols=True, file=sys.stderr)
+                   dynamic_ncols=True, file=sys.stderr,
+                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
     pool = _pool(workers) if workers > 1 and len(todo) > 1 else None
     try:
         results = pool.imap(call, todo, chunksize=1) if pool else map(call, todo)
@@ -268,6 +269,7 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     man.source = src
     man.root = os.path.abspath(out_dir)
     man.save(mpath)
+    _readable(mpath)
     return man
 
 
@@ -317,4 +319,5 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
         source={"merged_parts": n, "parts": [m.source for m in mans]}, members=dict(first.members),
         root=os.path.abspath(out_dir))
     merged.save(os.path.join(out_dir, S.MANIFEST_NAME))
+    _readable(os.path.join(out_dir, S.MANIFEST_NAME))
     return merged

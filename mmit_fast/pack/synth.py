@@ -298,10 +298,10 @@ def _background(scene: int, size: int, seed: int) -> np.ndarray:
 
 
 def _audio(actions: Sequence[int], n: int, seed: int) -> np.ndarray:
-    """Mono 22,050 Hz waveform: the auditory actions' tones plus faint noise (peak <= 0.8)."""
+    """Mono 22,050 Hz waveform: the auditory actions' tones plus faint noise (std 0.002; peak <= 0.8)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n, dtype=np.float64) / AUDIO_RATE
-    x = rng.normal(0, 0.01, n)
+    x = rng.normal(0, 0.002, n)
     for c in actions:
         name = CLASSES[c]
         j = rng.uniform(0.9, 1.1)
@@ -499,9 +499,10 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
     Images are frames decoded from the packed clips (what a model sees), ``frames_per_video``
     evenly spaced frames per clip, saved as JPEG ``images/<key>_f<t>.jpg``. Masks per frame:
     colour, object and texture of the visible actor pixels; action regions are the actors'
-    boxes filled with the action label (one PNG per action, as regions may overlap);
-    ``index.csv`` also names the clip (``key``, ``frame``) so a video model can be run on
-    the whole clip around the frame. Returns ``out_dir``."""
+    boxes filled with the action label (one PNG per action, as regions may overlap).
+    ``videos.csv`` (``image,key,frame,frames,labels``) names the clip and frame of each image,
+    so a video model can be run on the whole clip around the frame (the sample ``key`` is in
+    the dataset's shards of ``split``). Returns ``out_dir``."""
     from PIL import Image
 
     from .transcode import decode_video_bytes
@@ -521,7 +522,7 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
             labels.append((len(labels) + 1, f"{nm}-{cat[0]}" if cat in ("color", "scene") else nm, cat))
     freq = np.zeros(len(labels) + 1, np.int64)
     cover = np.zeros(len(labels) + 1, np.float64)
-    rows = []
+    rows, clips = [], []
     n_videos = 0
     for shard in man.shard_paths(split):
         for key, mem in iter_tar_samples(shard):
@@ -576,15 +577,19 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
                     cover[lab] += (m > 0).mean()
                 row = {"image": stem + ".jpg", "split": split, "ih": h, "iw": w, "sh": h, "sw": w}
                 row.update({c: ";".join(v) for c, v in cells.items()})
-                row["key"] = key
-                row["frame"] = int(t)
                 rows.append(row)
+                clips.append({"image": row["image"], "key": key, "frame": int(t), "frames": int(T),
+                              "labels": ";".join(CLASSES[i] for i in gt["labels"])})
     if not rows:
         raise ValueError(f"{dataset_dir}: split {split!r} has no samples to export")
     with open(os.path.join(out_dir, "index.csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(BRODEN_COLUMNS) + ["key", "frame"])
+        wr = csv.DictWriter(f, fieldnames=list(BRODEN_COLUMNS))
         wr.writeheader()
         wr.writerows(rows)
+    with open(os.path.join(out_dir, "videos.csv"), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["image", "key", "frame", "frames", "labels"])
+        wr.writeheader()
+        wr.writerows(clips)
     with open(os.path.join(out_dir, "label.csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["number", "name", "category", "frequency", "coverage", "syns"])

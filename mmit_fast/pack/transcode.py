@@ -115,7 +115,6 @@ def run_ffmpeg(args: Sequence[str], stdin: Optional[bytes] = None, what: str = "
         stdin=None if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     err = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
@@ -257,7 +256,7 @@ class EncodeSpec:
         }
 
     def audio_manifest(self) -> Dict:
-        return {"format": self.audio_format, "sample_rate": AUDIO_RATE, "channels": 1}
+        return {"format": self.audio_format, "sample_rate": AUDIO_RATE, "channels": 1, "sample_fmt": "s16"}
 
     @property
     def crf_value(self) -> int:
@@ -286,7 +285,7 @@ class EncodeSpec:
         return a
 
     def audio_args(self) -> Dict[str, object]:
-        a: Dict[str, object] = {"ac": 1, "ar": AUDIO_RATE}
+        a: Dict[str, object] = {"ac": 1, "ar": AUDIO_RATE, "sample_fmt": "s16"}
         if self.audio_format == "flac":
             a.update({"c:a": "flac", "f": "flac"})
         else:
@@ -377,10 +376,30 @@ def _check_output(video: bytes, expected_frames: int, size, where: str, tol: int
 
 
 # --------------------------------------------------------------------------- transcoding files
-def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) -> EncodedClip:
-    """Transcode one video file to ``spec``; :class:`RejectedInput` when it is unusable."""
+def transcode_args(path: str, spec: EncodeSpec, info: SourceInfo, vout: str, aout: Optional[str]) -> List[str]:
+    """The ffmpeg arguments (built with ffmpeg-python) that transcode ``path`` to ``spec``:
+    ``scale=iw*sar:ih,setsar=1`` (square pixels), ``fps`` (constant rate), ``scale`` to the
+    output size (area averaging), video to ``vout`` and, when the source has audio and
+    ``aout`` is given, mono 22,050 Hz 16-bit audio to ``aout``."""
     import ffmpeg  # ffmpeg-python
 
+    w, h = output_size(info.width, info.height, spec.short_side, info.sar)
+    inp = ffmpeg.input(path, t=spec.seconds)
+    v = (
+        inp.video.filter("scale", "iw*sar", "ih")
+        .filter("setsar", 1)
+        .filter("fps", fps=spec.fps, round="near")
+        .filter("scale", w, h, flags="area")
+        .filter("setsar", 1)
+    )
+    outs = [ffmpeg.output(v, vout, **{**spec.video_args(), "frames:v": spec.max_frames()})]
+    if info.has_audio and aout:
+        outs.append(ffmpeg.output(inp.audio, aout, **spec.audio_args()))
+    return ffmpeg.merge_outputs(*outs).global_args("-y").get_args()
+
+
+def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) -> EncodedClip:
+    """Transcode one video file to ``spec``; :class:`RejectedInput` when it is unusable."""
     source = source or path
     info = probe(path, source)
     w, h = output_size(info.width, info.height, spec.short_side, info.sar)
@@ -392,18 +411,7 @@ def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) ->
     with tempfile.TemporaryDirectory(prefix="mmit-tc-") as tmp:
         vout = os.path.join(tmp, "v.mp4")
         aout = os.path.join(tmp, "a." + spec.audio_format)
-        inp = ffmpeg.input(path, t=spec.seconds)
-        v = (
-            inp.video.filter("scale", f"iw*sar", "ih")
-            .filter("setsar", 1)
-            .filter("fps", fps=spec.fps, round="near")
-            .filter("scale", w, h, flags="area")
-            .filter("setsar", 1)
-        )
-        outs = [ffmpeg.output(v, vout, **spec.video_args())]
-        if info.has_audio:
-            outs.append(ffmpeg.output(inp.audio, aout, **spec.audio_args()))
-        args = ffmpeg.merge_outputs(*outs).global_args("-y").get_args()
+        args = transcode_args(path, spec, info, vout, aout)
         try:
             err = run_ffmpeg(args, what=source)
         except RuntimeError as e:

@@ -55,6 +55,16 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
+def _readable(path: str) -> None:
+    """Atomic writes create 0600 files; datasets are shared: make them 0644 (as umask allows)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(path, 0o644 & ~mask)
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- index files
 def format_index(entries: Sequence[Sequence[Tuple[str, int, int, str]]]) -> str:
     """The text of a DALI index from per-sample lists of ``(ext, offset, size, name)``."""
@@ -92,6 +102,7 @@ def write_index(tar_path: str, idx_path: Optional[str] = None) -> str:
     if not entries:
         raise S.ShardFormatError(f"{tar_path}: no samples, cannot index an empty shard")
     atomic_write_text(idx_path, format_index(entries))
+    _readable(idx_path)
     return idx_path
 
 
@@ -197,6 +208,7 @@ class ShardWriter:
         final = os.path.join(self.out_dir, self._name)
         idx = S.index_name(final)
         atomic_write_text(idx, format_index(self._entries))
+        _readable(idx)
         os.replace(self._tmp, final)
         info = S.ShardInfo(path=self._name, split=self.split, samples=len(self._entries),
                            bytes=os.path.getsize(final), index=os.path.basename(idx))
