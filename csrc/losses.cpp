@@ -76,6 +76,41 @@ MMIT_INLINE float fast_exp(float x) {
 }
 MMIT_INLINE double fast_exp(double x) { return std::exp(x); }
 
+// log(u) for u in [1, 2] (all we need: u = 1 + exp(-|x|)), Cephes logf polynomial, vectorisable
+MMIT_INLINE float fast_log_1_2(float u) {
+    int32_t bits;
+    std::memcpy(&bits, &u, sizeof(float));
+    float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+    int32_t mb = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+    float m;
+    std::memcpy(&m, &mb, sizeof(float));
+    const bool small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    float xm = small ? (m + m - 1.0f) : (m - 1.0f);
+    float z = xm * xm;
+    float p = 7.0376836292E-2f;
+    p = p * xm - 1.1514610310E-1f;
+    p = p * xm + 1.1676998740E-1f;
+    p = p * xm - 1.2420140846E-1f;
+    p = p * xm + 1.4249322787E-1f;
+    p = p * xm - 1.6668057665E-1f;
+    p = p * xm + 2.0000714765E-1f;
+    p = p * xm - 2.4999993993E-1f;
+    p = p * xm + 3.3333331174E-1f;
+    float y = p * xm * z;
+    y += e * -2.12194440e-4f;
+    y += -0.5f * z;
+    return xm + y + e * 0.693359375f;
+}
+MMIT_INLINE double fast_log_1_2(double u) { return std::log(u); }
+
+// log1p(t) for t in [0, 1] (Goldberg: exact to a few ulp with any accurate log)
+template <class T>
+MMIT_INLINE T log1p_01(T t) {
+    T u = T(1) + t;
+    return u == T(1) ? t : fast_log_1_2(u) * t / (u - T(1));
+}
+
 template <class T>
 MMIT_INLINE T softplus(T z) {  // log(1 + e^z), stable for |z| large; softplus(-inf) = 0
     T a = std::fabs(z);
@@ -103,21 +138,36 @@ MMIT_INLINE void zero_grad(const Row<T> &r) {
 }
 
 // ---------------------------------------------------------------- BCE
-template <class T>
-MMIT_INLINE T bce_row(const Row<T> &r) {
-    double loss = 0.0;
+template <class T, bool HW, bool HG>
+MMIT_INLINE T bce_row_impl(const Row<T> &r) {
+    T loss = 0;
+    const T *x = r.x;
+    const uint8_t *y = r.y;
+    const T *w = r.w;
+    T *g = r.g;
+    const T scale = r.scale;
+#pragma omp simd reduction(+ : loss)
     for (int64_t i = 0; i < r.C; ++i) {
-        T x = r.x[i];
-        T yv = r.y[i] ? T(1) : T(0);
-        T wi = r.w ? r.w[i] : T(1);
-        T e = fast_exp(-std::fabs(x));
-        loss += wi * ((x > T(0) ? x : T(0)) - yv * x + std::log1p(e));
-        if (r.g) {
-            T sg = x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-            r.g[i] = r.scale * wi * (sg - yv);
+        T xi = x[i];
+        T yv = y[i] ? T(1) : T(0);
+        T e = fast_exp(-std::fabs(xi));
+        T u = T(1) + e;
+        T term = (xi > T(0) ? xi : T(0)) - yv * xi + log1p_01(e);
+        if (HW) term *= w[i];
+        loss += term;
+        if (HG) {
+            T sg = (xi >= T(0) ? T(1) : e) / u;
+            T gi = scale * (sg - yv);
+            if (HW) gi *= w[i];
+            g[i] = gi;
         }
     }
-    return T(loss);
+    return loss;
+}
+template <class T>
+MMIT_INLINE T bce_row(const Row<T> &r) {
+    if (r.w) return r.g ? bce_row_impl<T, true, true>(r) : bce_row_impl<T, true, false>(r);
+    return r.g ? bce_row_impl<T, false, true>(r) : bce_row_impl<T, false, false>(r);
 }
 
 // ---------------------------------------------------------------- LSEP
@@ -127,6 +177,7 @@ MMIT_INLINE T lsep_row(const Row<T> &r) {
     const int64_t C = r.C;
     T mA = ninf, mB = ninf;
     int64_t npos = 0;
+#pragma omp simd reduction(max : mA, mB) reduction(+ : npos)
     for (int64_t i = 0; i < C; ++i) {
         bool p = r.y[i] != 0;
         bool pw = p && (!r.w || r.w[i] > T(0));
@@ -148,6 +199,7 @@ MMIT_INLINE T lsep_row(const Row<T> &r) {
     T *v = r.g;
     if (!v) { tmp.resize(C); v = tmp.data(); }
     T sA = 0, sB = 0;
+#pragma omp simd reduction(+ : sA, sB)
     for (int64_t i = 0; i < C; ++i) {
         bool p = r.y[i] != 0;
         T x = r.x[i];
@@ -164,7 +216,9 @@ MMIT_INLINE T lsep_row(const Row<T> &r) {
     if (r.g) {
         T s = sigmoid(z);
         T ka = r.scale * s / sA, kb = -r.scale * s / sB;
-        for (int64_t i = 0; i < C; ++i) r.g[i] = (r.y[i] ? kb : ka) * r.g[i];
+        T *g = r.g;
+#pragma omp simd
+        for (int64_t i = 0; i < C; ++i) g[i] = (r.y[i] ? kb : ka) * g[i];
     }
     return loss;
 }
@@ -176,6 +230,7 @@ MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair) {
     const int64_t C = r.C;
     T m = ninf;
     int64_t npos = 0;
+#pragma omp simd reduction(max : m) reduction(+ : npos)
     for (int64_t i = 0; i < C; ++i) {
         bool p = r.y[i] != 0;
         T a = p ? ninf : r.x[i];
@@ -187,6 +242,7 @@ MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair) {
     T *v = r.g;
     if (!v) { tmp.resize(C); v = tmp.data(); }
     T sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < C; ++i) {
         T e = r.y[i] ? T(0) : fast_exp(r.x[i] - m);
         v[i] = e;
@@ -195,8 +251,10 @@ MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair) {
     T A = m + std::log(sum);
     T inv = pair ? T(1) : T(1) / T(npos);
     T loss = 0, S = 0;
-    for (int64_t i = 0; i < C; ++i) {
+    int64_t seen = 0;
+    for (int64_t i = 0; i < C && seen < npos; ++i) {
         if (!r.y[i]) continue;
+        ++seen;
         T c = (r.w ? r.w[i] : T(1)) * inv;
         T t = A - r.x[i];
         loss += c * softplus(t);
@@ -206,7 +264,9 @@ MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair) {
     }
     if (r.g) {
         T k = r.scale * S / sum;  // exp(x_j - A) = v_j / sum
-        for (int64_t i = 0; i < C; ++i) r.g[i] = r.y[i] ? r.g[i] : k * r.g[i];
+        T *g = r.g;
+#pragma omp simd
+        for (int64_t i = 0; i < C; ++i) g[i] = r.y[i] ? g[i] : k * g[i];
     }
     return loss;
 }
@@ -218,11 +278,18 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
     const int64_t C = r.C;
     xn.clear();
     pidx.clear();
+    bool nan = false;
     for (int64_t i = 0; i < C; ++i) {
         if (r.y[i]) pidx.push_back(i); else xn.push_back(r.x[i]);
+        nan |= r.x[i] != r.x[i];
     }
     const int64_t npos = static_cast<int64_t>(pidx.size()), nneg = static_cast<int64_t>(xn.size());
     if (npos == 0 || nneg == 0) { zero_grad(r); return T(0); }
+    if (nan) {  // NaN logits propagate (as through torch's relu), loss and gradient
+        const T qn = std::numeric_limits<T>::quiet_NaN();
+        if (r.g) std::fill(r.g, r.g + C, qn);
+        return qn;
+    }
     double loss = 0.0;
     const T *xnp = xn.data();
     if (npos <= 16 || npos * nneg <= 64 * C) {
@@ -234,6 +301,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
             const T xi = r.x[i];
             T S = 0;
             int64_t R = 0;
+#pragma omp simd reduction(+ : S, R)
             for (int64_t k = 0; k < nneg; ++k) {
                 T mgn = T(1) + xnp[k] - xi;
                 bool v = mgn > T(0);
@@ -244,6 +312,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
             loss += double(c) * double(S);
             if (r.g) {
                 r.g[i] = -r.scale * c * T(R);
+#pragma omp simd
                 for (int64_t k = 0; k < nneg; ++k) gnp[k] += (T(1) + xnp[k] - xi > T(0)) ? c : T(0);
             }
         }

@@ -146,7 +146,7 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
         eB = tl.where(pw, w * e, 0.0)
         sA = tl.sum(eA, 0)
         sB = tl.sum(eB, 0)
-        valid = (sA > 0) & (sB > 0)
+        valid = (sA != 0) & (sB != 0)  # (NaN != 0: NaN logits propagate)
         z = (mA + tl.log(sA)) + (mB + tl.log(sB))
         loss = tl.where(valid, softplus(z), 0.0)
         tl.store(LOSS + row, loss)
@@ -180,7 +180,7 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
             sB = sB * tl.exp(mB - mB_new) + tl.sum(tl.where(pw, w * e, 0.0), 0)
             mA = mA_new
             mB = mB_new
-        valid = (sA > 0) & (sB > 0)
+        valid = (sA != 0) & (sB != 0)  # (NaN != 0: NaN logits propagate)
         A = mA + tl.log(sA)
         Bv = mB + tl.log(sB)
         z = A + Bv

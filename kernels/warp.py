@@ -58,7 +58,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                 mg = 1.0 + x - xi
                 viol = neg & (mg > 0)
                 R = tl.sum(viol.to(tl.int32), 0)
-                S = tl.sum(tl.where(viol, mg, 0.0), 0)
+                S = tl.sum(tl.where(neg & ((mg > 0) | (mg != mg)), mg, 0.0), 0)  # NaN propagates
                 c = wi * tl.load(H + R) * inv
                 loss += c * S
                 if NEED_GRAD:
@@ -73,7 +73,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                 mg = 1.0 + xj - x
                 viol = pos & (mg > 0)
                 Rv += viol.to(tl.int32)
-                Sv += tl.where(viol, mg, 0.0)
+                Sv += tl.where(pos & ((mg > 0) | (mg != mg)), mg, 0.0)
             cv = tl.where(pos, w * tl.load(H + Rv, mask=pos, other=0.0) * inv, 0.0)
             loss += tl.sum(cv * Sv, 0)
             if NEED_GRAD:
@@ -123,7 +123,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                     mg = 1.0 + x - xi
                     viol = (yv == 0) & inb & (mg > 0)
                     Rv += viol.to(tl.int32)
-                    Sv += tl.where(viol, mg, 0.0)
+                    Sv += tl.where((yv == 0) & inb & ((mg > 0) | (mg != mg)), mg, 0.0)
                 R = tl.sum(Rv, 0)
                 S = tl.sum(Sv, 0)
                 if HAS_W:
@@ -168,7 +168,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                     mg = 1.0 + xj - x
                     viol = pos & (mg > 0)
                     Rv += viol.to(tl.int32)
-                    Sv += tl.where(viol, mg, 0.0)
+                    Sv += tl.where(pos & ((mg > 0) | (mg != mg)), mg, 0.0)
                 if HAS_W:
                     w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
                 else:

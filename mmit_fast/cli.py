@@ -7,6 +7,7 @@ Each verb is two small functions, ``_add_<verb>(sub)`` (its flags) and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, List, Optional, Tuple
 
@@ -183,6 +184,7 @@ def _add_train(sub):
 
 
 def _cmd_train(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .train import run_cli
 
     return run_cli(args)
@@ -206,6 +208,7 @@ def _add_finetune(sub):
 
 
 def _cmd_finetune(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .config import TrainConfig
     from .train import run_cli
 
@@ -240,6 +243,7 @@ def _add_eval(sub):
 
 
 def _cmd_eval(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .evaluate import evaluate_checkpoint, format_report
 
     for split in args.split or ["val"]:
@@ -274,6 +278,7 @@ def _add_demo(sub):
 
 
 def _cmd_demo(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .demo import run_demo
 
     run_demo(out=args.out, quick=args.quick, seed=args.seed, epochs=args.epochs, device=args.device,

@@ -114,13 +114,14 @@ def write_outputs(out: str, tag: str, m: Dict[str, Any], classes: Sequence[str],
     scalars = {k: float(v) for k, v in m.items() if isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool)}
     atomic_write_json(paths["metrics"], dict(scalars, **(extra or {})))
     pc = np.asarray(m.get("per_class_ap", []), dtype=np.float64).reshape(-1)
-    positives = targets.sum(0) if targets.size else np.zeros(len(classes))
+    cols = np.asarray(m.get("class_indices", np.arange(len(pc))), dtype=np.int64).reshape(-1)
+    npos = np.asarray(m.get("num_positives", np.zeros(len(cols))), dtype=np.int64).reshape(-1)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["class_id", "class", "positives", "ap"])
-    for i, name in enumerate(classes):
-        ap = pc[i] if i < len(pc) else float("nan")
-        w.writerow([i, name, int(positives[i]) if i < len(positives) else 0, "" if not np.isfinite(ap) else f"{ap:.6f}"])
+    for j, i in enumerate(cols):  # the evaluated classes (all, or the subset); AP empty without a positive
+        ap = pc[j] if j < len(pc) else float("nan")
+        w.writerow([int(i), classes[int(i)], int(npos[j]) if j < len(npos) else 0, f"{ap:.6f}" if np.isfinite(ap) else ""])
     atomic_write_text(paths["per_class_ap"], buf.getvalue())
     atomic_write_text(paths["table"], TABLE_HEADER + "\n" + row + "\n")
     with atomic_path(paths["scores"], suffix=".npz") as tmp:

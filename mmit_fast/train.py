@@ -53,6 +53,10 @@ import time
 from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+# OpenMP threads that spin while waiting make a 2-core machine with other load 10x slower;
+# sleeping waits cost nothing measurable here. Effective only if torch is not imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -411,7 +415,15 @@ def evaluate_model(model: nn.Module, loader, device: torch.device, amp: str = "a
     k, s, t = gather_predictions(k, s, t)
     if is_dist() and dist.get_rank() != 0:
         return None
-    m = evaluate(s, t, **eval_kw)
+    if not np.isfinite(s).all():  # a diverged model: report NaN metrics instead of failing
+        print(f"[mmit] warning: {int((~np.isfinite(s)).any(1).sum())} of {len(s)} videos have non-finite scores; "
+              "metrics are NaN", file=sys.stderr)
+        m = evaluate(np.zeros_like(s), t, **eval_kw)
+        for name in ("top1", "top5", "micro_map", "macro_map", "pooled_ap"):
+            m[name] = float("nan")
+        m["per_class_ap"] = np.full_like(np.asarray(m["per_class_ap"], dtype=np.float64), np.nan)
+    else:
+        m = evaluate(s, t, **eval_kw)
     m["keys"] = k
     m["scores"], m["targets"] = s, t
     return m

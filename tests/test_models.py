@@ -348,3 +348,24 @@ def test_count_flops_matches_hand_count():
         cin = mult
     expect += 64 * C
     assert count_flops(m, x) == expect
+
+
+@pytest.mark.parametrize("tp,st", [("zeros", 1), ("replicate", 1), ("zeros", 2)])
+def test_stem_training_path_equals_conv3d(tp, st):
+    """The CPU training path of the 3-channel stem (a sum of 2D convs over time taps) gives
+    F.conv3d's output and weight gradient (float64 reference)."""
+    import torch.nn.functional as F
+    from mmit_fast.models.resnet3d import TConv3d
+
+    conv = TConv3d(3, 8, (5, 7, 7), (st, 2, 2), (2, 3, 3), tp).double()
+    x = torch.randn(2, 3, 7, 20, 20, dtype=torch.float64)
+    y = conv(x)  # grad enabled + weight requires grad: the 2D-taps path
+    (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+    w = conv.weight.detach().clone().requires_grad_()
+    xp = F.pad(x, (0, 0, 0, 0, 2, 2), mode="replicate") if tp == "replicate" else x
+    ref = F.conv3d(xp, w, None, (st, 2, 2), (0 if tp == "replicate" else 2, 3, 3))
+    (ref * torch.linspace(-1, 1, ref.numel(), dtype=torch.float64).view_as(ref)).sum().backward()
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.weight.grad, w.grad, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)  # the plain conv3d path

@@ -300,19 +300,22 @@ def test_categories_file_errors(tmp_path):
     assert read_categories(str(tmp_path / "d.txt")) == ["a", "b"]
 
 
-@pytest.mark.parametrize("codec", ["h264", "mjpeg"])
-def test_other_codecs(root, tmp_path, codec):
-    (tmp_path / "a.csv").write_text("bikes.mp4,biking\n")
+@pytest.mark.parametrize("codec,audio", [("h264", "flac"), ("mjpeg", "wav")])
+def test_other_codecs_and_wav_audio(root, tmp_path, codec, audio):
+    (tmp_path / "a.csv").write_text("bbb.mp4,animal\n")
     man = pack_videos(str(root), str(tmp_path / "a.csv"), str(root / "cats.txt"), str(tmp_path / "o"), codec=codec,
-                      short_side=SIDE, seconds=0.4, workers=1, progress=False)
-    assert man.video["codec"] == codec
+                      short_side=SIDE, seconds=0.4, workers=1, audio_format=audio, progress=False)
+    assert man.video["codec"] == codec and man.audio["format"] == audio
     (key, mem), = iter_tar_samples(man.shard_paths("train")[0])
     n, w, h, frames = decode_video_bytes(mem["mp4"], keep=True)
     import av
 
     with av.open(io.BytesIO(mem["mp4"])) as c:
         assert c.streams.video[0].codec_context.name == codec
-    assert n == 10 and _psnr(frames, _reference_frames(root / "bikes.mp4", w, h, seconds=0.4)) > 28
+    assert n == 10 and _psnr(frames, _reference_frames(root / "bbb.mp4", w, h, seconds=0.4)) > 28
+    assert set(mem) == {"mp4", "json", "ids", audio}
+    assert decode_audio_bytes(mem[audio]).size == json.loads(mem["json"])["audio_samples"] == int(0.4 * 22050)
+    assert inspect_shard(man.shard_paths("train")[0], out=None)["errors"] == []
 
 
 # --------------------------------------------------------------------------- resume, parts

@@ -49,6 +49,16 @@ def test_vocabulary_and_dataset_layout(ds):
     assert 0 < n_audio < 10  # both the audio and the no-audio paths are exercised
 
 
+def test_finished_dataset_is_reused_not_rerendered(ds):
+    out, man = ds
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    again = generate_dataset(str(out), seed=3, no_audio_prob=0.5, **SMALL)
+    assert again.to_dict() == man.to_dict()
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate_dataset(str(out), seed=4, no_audio_prob=0.5, **SMALL)
+
+
 def test_deterministic_and_seed_dependent():
     cfg = SynthConfig(size=48, fps=10, seconds=1.0, seed=5)
     a, b = render_video(cfg, 4), render_video(cfg, 4)

@@ -102,7 +102,7 @@ class VideoLoader:
                  world_size: int = 1, train: bool = True, backend: str = "auto", device: str = "cpu", seed: int = 0,
                  with_audio: bool = False, num_workers: int = 2, views=1, shuffle: Optional[bool] = None,
                  drop_last: Optional[bool] = None, decoder_threads: Optional[int] = None, dali_threads: int = 2,
-                 prefetch: int = 2):
+                 prefetch: int = 2, exact_color: bool = True):
         self.manifest = data if isinstance(data, S.Manifest) else S.load_manifest(data)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -126,7 +126,7 @@ class VideoLoader:
         self.plan = _EpochPlan(self.num_samples, self.batch_size, self.rank, self.world_size, self.seed, self.shuffle, self.drop_last)
         self.source = BatchSource(self.table, self.plan, self.manifest.num_classes, clip, train=self.train, seed=self.seed,
                                   views=views, with_audio=self.with_audio, audio_samples=self.audio_samples,
-                                  decode=self.backend == "pyav", threads=decoder_threads)
+                                  decode=self.backend == "pyav", threads=decoder_threads, exact_color=exact_color)
         self.dali_threads, self.prefetch = int(dali_threads), int(prefetch)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
@@ -240,7 +240,7 @@ class VideoLoader:
         clips = []
         for i, (data, plans, _ids) in enumerate(d["raw"]):
             try:
-                clips.append(decode_clip(data.tobytes(), plans))
+                clips.append(decode_clip(data.tobytes(), plans, exact_color=True))
             except BadSample as e:
                 keep[i] = False
                 self._record_skips([(d["shards"][i], d["keys"][i], f"DALI and PyAV failed to decode it: {e}")])
@@ -248,36 +248,71 @@ class VideoLoader:
         u8 = torch.from_numpy(np.concatenate(clips)) if clips else torch.zeros((0, self.spec.frames, c, c, 3), dtype=torch.uint8)
         return self._normalise(u8), keep
 
-    def _run_dali(self, d):
-        """(video, keep) of one raw batch, through DALI (PyAV if DALI raises)."""
+    def _schedule(self, d) -> None:
+        """Feed one raw batch to DALI and start it (asynchronously)."""
+        d["_raw"] = [(data, plans, ids) for (data, plans), ids in zip(d["raw"], d["ids"])]
+        d["_scheduled"] = False
         if not d["raw"]:
-            c = self.spec.crop
-            return self._normalise(torch.zeros((0, self.spec.frames, c, c, 3), dtype=torch.uint8)), np.ones(0, bool)
-        if self._pipe is None:
-            self._pipe = self._new_pipe()
-        raw = [(data, plans, ids) for (data, plans), ids in zip(d["raw"], d["ids"])]
+            return
         try:
-            _dali.feed(self._pipe, raw, self.num_classes)
-            out = self._pipe.run()
-            video = _dali.to_torch(out[0], self.device)
-            # multi-hot built by DALI (one_hot + max over the ids member); one row per view
-            d["targets"] = _dali.to_torch(out[1], torch.device("cpu"))[:: self.num_views].numpy()
-        except Exception as e:  # DALI has no skip-on-error: rebuild, decode this batch with PyAV
-            warnings.warn(f"DALI failed on a batch ({str(e).splitlines()[0][:200]}); decoding it with PyAV", RuntimeWarning)
-            self._pipe = None
-            d = dict(d, raw=raw)
-            return self._fallback(d)
-        return video, np.ones(len(d["keys"]), bool)
+            if self._pipe is None:
+                self._pipe = self._new_pipe()
+            _dali.feed(self._pipe, d["_raw"], self.num_classes)
+            self._pipe.schedule_run()
+            d["_scheduled"] = True
+        except Exception as e:
+            self._dali_failed(e)
+
+    def _dali_failed(self, e) -> None:
+        warnings.warn(f"DALI failed on a batch ({str(e).splitlines()[0][:200]}); decoding it with PyAV", RuntimeWarning)
+        self._pipe = None   # DALI has no skip-on-error: a fresh pipeline for the next batches
+
+    def _collect(self, d):
+        """(video, keep) of a scheduled raw batch; PyAV decodes it if DALI raised."""
+        c = self.spec.crop
+        if not d["raw"]:
+            return self._normalise(torch.zeros((0, self.spec.frames, c, c, 3), dtype=torch.uint8)), np.ones(0, bool)
+        if d["_scheduled"]:
+            try:
+                out = self._pipe.outputs()
+                video = _dali.to_torch(out[0], self.device)
+                # multi-hot built by DALI (one_hot + max over the ids member); one row per view
+                d["targets"] = _dali.to_torch(out[1], torch.device("cpu"))[:: self.num_views].numpy()
+                if self.device.type == "cuda":
+                    torch.cuda.current_stream(self.device).synchronize()   # copies done before DALI reuses buffers
+                return video, np.ones(len(d["keys"]), bool)
+            except Exception as e:
+                self._dali_failed(e)
+        return self._fallback(dict(d, raw=d["_raw"]))
 
     def _iter_dali(self):
+        """One batch in flight in DALI while the previous one is consumed."""
+        queue = []
         for d in self._raw_batches():
             self._record_skips(d["skipped"])
-            video, keep = self._run_dali(d)
-            bad = self._constant_views(video) & keep if video.shape[0] else np.zeros(0, bool)
-            if bad.any():
-                self._record_skips([(d["shards"][i], d["keys"][i], "decoded clip is constant (e.g. all black): broken video") for i in np.flatnonzero(bad)])
-                keep = keep & ~bad
-            yield self._finish(video, d, keep)
+            if queue:
+                prev = queue.pop(0)
+                video, keep = self._collect(prev)
+                self._schedule(d)
+                queue.append(d)
+                yield self._checked(video, prev, keep)
+            else:
+                self._schedule(d)
+                queue.append(d)
+            if self._pipe is None:   # DALI failed: whatever was queued on the old pipeline is lost
+                for q in queue:
+                    q["_scheduled"] = False
+        for prev in queue:
+            video, keep = self._collect(prev)
+            yield self._checked(video, prev, keep)
+
+    def _checked(self, video, d, keep) -> Batch:
+        bad = self._constant_views(video) & keep if video.shape[0] else np.zeros(len(d["keys"]), bool)
+        if bad.any():
+            self._record_skips([(d["shards"][i], d["keys"][i], "decoded clip is constant (e.g. all black): broken video")
+                                for i in np.flatnonzero(bad)])
+            keep = keep & ~bad
+        return self._finish(video, d, keep)
 
 
 def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, batch_size: int = 8, rank: int = 0,
@@ -292,7 +327,9 @@ def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, bat
     centre clips (or ``views`` = temporal x spatial views), every sample once.
     ``backend``: ``auto`` | ``dali`` | ``pyav``; ``device``: ``cpu`` | ``cuda`` | ``auto``.
     Extra keywords: ``shuffle``, ``drop_last``, ``decoder_threads`` (PyAV codec threads),
-    ``dali_threads``, ``prefetch`` (batches per worker).
+    ``dali_threads``, ``prefetch`` (batches per worker), ``exact_color`` (PyAV: default True, YUV->RGB
+    bit-exact with DALI's decoder; False: swscale's fixed-point path, ~4x cheaper conversion,
+    ~15% faster decoding overall, 34-42 dB PSNR from the exact result).
     """
     return VideoLoader(data, split, clip or ClipSpec(), batch_size, rank=rank, world_size=world_size, train=train,
                        backend=backend, device=device, seed=seed, with_audio=with_audio, num_workers=num_workers,

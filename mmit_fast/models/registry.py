@@ -3,7 +3,7 @@
 =========  ===========  ================================================================
 name       modality     kwargs (defaults)
 =========  ===========  ================================================================
-i3d        video        depth=50, width=64, conv1_t=5, pool1_stride_t=2, with_pool2=True,
+i3d        video        depth=50, width=64, conv1_t=5, conv1_stride_t=1, pool1_stride_t=2, with_pool2=True,
                         temporal_padding="zeros"
 tsm        video        depth=50, width=64, segments=8, fold_div=8
 soundnet   audio        width=16

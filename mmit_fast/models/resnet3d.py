@@ -2,7 +2,8 @@
 
 Input ``[B, 3, T, H, W]`` (authors: T=16 frames, 224x224, ImageNet mean/std). Layout:
 
-* ``conv1``: (5, 7, 7) conv, stride (1, 2, 2); ``bn1``; ReLU;
+* ``conv1``: (5, 7, 7) conv, stride (1, 2, 2) (``conv1_stride_t=2``: (2, 2, 2), halving its cost,
+  as mmaction2's I3D config); ``bn1``; ReLU;
 * ``maxpool``: (3, 3, 3) max pool, stride (2, 2, 2) (``pool1_stride_t=1``: (1, 3, 3), stride (1, 2, 2));
 * ``layer1`` .. ``layer4`` (torchvision's stages), with a (2, 1, 1) max pool of temporal stride 2
   after ``layer1`` (``with_pool2``). Every other block is *inflated*: a bottleneck's first conv
@@ -56,7 +57,29 @@ class TConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tpad:
             x = F.pad(x, (0, 0, 0, 0, self.tpad, self.tpad), mode="replicate")
+        if (self.in_channels <= 4 and self.kernel_size[0] > 1 and x.device.type == "cpu"
+                and torch.is_grad_enabled() and self.weight.requires_grad):
+            return _conv3d_as_2d_taps(x, self.weight, self.stride, self.padding)
         return super().forward(x)
+
+
+def _conv3d_as_2d_taps(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
+    """``F.conv3d(x, w, stride=(st, sh, sw), padding=(pt, ph, pw))`` computed as the sum over the kt
+    time taps of 2D convs of the time-shifted frames: ``y[:, :, t] = sum_i conv2d(x[:, :, st*t+i-pt], w[:, :, i])``.
+    Same result (up to float rounding); used for the 3-channel stem while training on CPU, where
+    oneDNN's 3D weight gradient for so few input channels is ~2x slower than kt 2D ones."""
+    pt = padding[0]
+    if pt:
+        x = F.pad(x, (0, 0, 0, 0, pt, pt))
+    b, c, tp, h, wd = x.shape
+    kt, st = w.shape[2], stride[0]
+    t = (tp - kt) // st + 1
+    xf = x.transpose(1, 2)  # [B, T+2pt, C, H, W]
+    y = None
+    for i in range(kt):
+        yi = F.conv2d(xf[:, i:i + (t - 1) * st + 1:st].reshape(b * t, c, h, wd), w[:, :, i], None, stride[1:], padding[1:])
+        y = yi if y is None else y + yi
+    return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 def _triple(v) -> Tuple[int, int, int]:
@@ -130,6 +153,7 @@ class I3D(ClipClassifier):
         width: int = 64,
         dropout: float = 0.0,
         conv1_t: int = 5,
+        conv1_stride_t: int = 1,
         pool1_stride_t: int = 2,
         with_pool2: bool = True,
         temporal_padding: str = "zeros",
@@ -141,6 +165,8 @@ class I3D(ClipClassifier):
             raise ValueError(f"width must be >= 1, got {width}")
         if conv1_t < 1 or conv1_t % 2 == 0:
             raise ValueError(f"conv1_t must be a positive odd number, got {conv1_t}")
+        if conv1_stride_t not in (1, 2):
+            raise ValueError(f"conv1_stride_t must be 1 or 2, got {conv1_stride_t}")
         if pool1_stride_t not in (1, 2):
             raise ValueError(f"pool1_stride_t must be 1 or 2, got {pool1_stride_t}")
         kind, layers = RESNET_LAYERS[depth]
@@ -148,10 +174,11 @@ class I3D(ClipClassifier):
         width = int(width)
         super().__init__(num_classes, width * 8 * block.expansion, dropout)
         self.depth, self.width, self.temporal_padding = depth, width, temporal_padding
-        self.config = dict(depth=depth, width=width, conv1_t=conv1_t, pool1_stride_t=pool1_stride_t,
+        self.config = dict(depth=depth, width=width, conv1_t=conv1_t, conv1_stride_t=conv1_stride_t,
+                           pool1_stride_t=pool1_stride_t,
                            with_pool2=with_pool2, temporal_padding=temporal_padding)
         tp = temporal_padding
-        self.conv1 = TConv3d(3, width, (conv1_t, 7, 7), (1, 2, 2), (conv1_t // 2, 3, 3), tp)
+        self.conv1 = TConv3d(3, width, (conv1_t, 7, 7), (conv1_stride_t, 2, 2), (conv1_t // 2, 3, 3), tp)
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         if pool1_stride_t == 2:
@@ -159,7 +186,7 @@ class I3D(ClipClassifier):
         else:
             self.maxpool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
         self.pool2 = nn.MaxPool3d((2, 1, 1), (2, 1, 1)) if with_pool2 else nn.Identity()
-        self._t_div = pool1_stride_t * (2 if with_pool2 else 1)
+        self._t_div = conv1_stride_t * pool1_stride_t * (2 if with_pool2 else 1)
         self.inplanes = width
         pattern = i3d_inflate_pattern(layers)
         for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, 2))):

@@ -270,7 +270,7 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     man.root = os.path.abspath(out_dir)
     man.save(mpath)
     _readable(mpath)
-    return man
+    return S.load_manifest(mpath)  # as a reader sees it (JSON types)
 
 
 # --------------------------------------------------------------------------- merging parts
@@ -320,4 +320,4 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
         root=os.path.abspath(out_dir))
     merged.save(os.path.join(out_dir, S.MANIFEST_NAME))
     _readable(os.path.join(out_dir, S.MANIFEST_NAME))
-    return merged
+    return S.load_manifest(out_dir)

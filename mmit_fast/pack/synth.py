@@ -442,6 +442,9 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     through the same packer as ``mmit pack`` (:func:`~mmit_fast.pack.packer.write_split`).
 
     ``num_videos`` are split by ``splits``; video ``i`` is deterministic from ``(seed, i)``.
+    When ``out_dir`` already holds this exact dataset (same settings, complete), it is not
+    rendered again: its manifest is returned. Other existing shards need ``overwrite=True``
+    (or ``resume=True`` to finish an interrupted run).
     With ``broden=DIR`` the test split (val when test is empty) is also exported in the
     Broden layout (:func:`export_broden`). Returns the manifest.
     """
@@ -453,6 +456,10 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     info = {"generator": "multi-moving-shapes", "config": asdict(cfg), "class_probs": cfg.class_probs().tolist(),
             "visual_classes": list(VISUAL_ACTIONS), "audio_classes": list(AUDIO_ACTIONS),
             "objects": list(OBJECTS), "colors": list(COLOR_NAMES), "textures": list(TEXTURES), "scenes": list(SCENES)}
+    if not overwrite and not resume:
+        done = _finished(out_dir, info, spec, counts)
+        if done is not None:
+            return done
     start = 0
     man = None
     for split in S.SPLITS:
@@ -468,6 +475,26 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     if broden:
         split = "test" if counts["test"] else ("val" if counts["val"] else "train")
         export_broden(out_dir, broden, split=split)
+    return man
+
+
+def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]) -> Optional[S.Manifest]:
+    """The manifest of ``out_dir`` when it already holds this exact dataset, complete; else None."""
+    try:
+        man = S.load_manifest(out_dir)
+    except (FileNotFoundError, S.ShardFormatError):
+        return None
+    if man.classes != list(CLASSES) or man.video != spec.video_manifest():
+        return None
+    for split, n in counts.items():
+        src = man.source.get("splits", {}).get(split)
+        if n == 0:
+            continue
+        if not src or src.get("config") != json.loads(json.dumps(info["config"])) or man.num_samples(split) + \
+                man.splits.get(split, {}).get("rejected", 0) != n:
+            return None
+        if not all(os.path.exists(p) for p in man.shard_paths(split)):
+            return None
     return man
 
 
