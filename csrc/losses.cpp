@@ -76,18 +76,16 @@ MMIT_INLINE float fast_exp(float x) {
 }
 MMIT_INLINE double fast_exp(double x) { return std::exp(x); }
 
-// log(u) for u in [1, 2] (all we need: u = 1 + exp(-|x|)), Cephes logf polynomial, vectorisable
-MMIT_INLINE float fast_log_1_2(float u) {
-    int32_t bits;
-    std::memcpy(&bits, &u, sizeof(float));
-    float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-    int32_t mb = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-    float m;
-    std::memcpy(&m, &mb, sizeof(float));
-    const bool small = m < 0.707106781186547524f;
-    e = small ? e - 1.0f : e;
-    float xm = small ? (m + m - 1.0f) : (m - 1.0f);
-    float z = xm * xm;
+// log1p(t) for t in [0, 1] (all we need: t = exp(-|x|)). u = 1 + t in [1, 2] is reduced to
+// [sqrt(1/2), sqrt(2)] without bit tricks, Cephes' logf polynomial gives log(u), and Goldberg's
+// log(u) * t / (u - 1) restores the bits of t lost in 1 + t. Branch-free, so it vectorises.
+MMIT_INLINE float log1p_01(float t) {
+    const float u = 1.0f + t;
+    const bool big = u > 1.41421356237309505f;
+    const float m = big ? 0.5f * u : u;
+    const float e = big ? 1.0f : 0.0f;
+    const float xm = m - 1.0f;
+    const float z = xm * xm;
     float p = 7.0376836292E-2f;
     p = p * xm - 1.1514610310E-1f;
     p = p * xm + 1.1676998740E-1f;
@@ -100,16 +98,11 @@ MMIT_INLINE float fast_log_1_2(float u) {
     float y = p * xm * z;
     y += e * -2.12194440e-4f;
     y += -0.5f * z;
-    return xm + y + e * 0.693359375f;
+    const float lg = xm + y + e * 0.693359375f;
+    const float d = u - 1.0f;
+    return d == 0.0f ? t : lg * (t / d);
 }
-MMIT_INLINE double fast_log_1_2(double u) { return std::log(u); }
-
-// log1p(t) for t in [0, 1] (Goldberg: exact to a few ulp with any accurate log)
-template <class T>
-MMIT_INLINE T log1p_01(T t) {
-    T u = T(1) + t;
-    return u == T(1) ? t : fast_log_1_2(u) * t / (u - T(1));
-}
+MMIT_INLINE double log1p_01(double t) { return std::log1p(t); }
 
 template <class T>
 MMIT_INLINE T softplus(T z) {  // log(1 + e^z), stable for |z| large; softplus(-inf) = 0
@@ -139,22 +132,23 @@ MMIT_INLINE void zero_grad(const Row<T> &r) {
 
 // ---------------------------------------------------------------- BCE
 template <class T, bool HW, bool HG>
-MMIT_INLINE T bce_row_impl(const Row<T> &r) {
-    T loss = 0;
-    const T *x = r.x;
-    const uint8_t *y = r.y;
-    const T *w = r.w;
-    T *g = r.g;
+MMIT_INLINE T bce_row_impl(const Row<T> &r, T *__restrict__ term) {
+    // element terms first (a plain vectorisable map), then their sum
+    const T *__restrict__ x = r.x;
+    const uint8_t *__restrict__ y = r.y;
+    const T *__restrict__ w = r.w;
+    T *__restrict__ g = r.g;
     const T scale = r.scale;
-#pragma omp simd reduction(+ : loss)
-    for (int64_t i = 0; i < r.C; ++i) {
+    const int64_t C = r.C;
+#pragma omp simd
+    for (int64_t i = 0; i < C; ++i) {
         T xi = x[i];
         T yv = y[i] ? T(1) : T(0);
         T e = fast_exp(-std::fabs(xi));
         T u = T(1) + e;
-        T term = (xi > T(0) ? xi : T(0)) - yv * xi + log1p_01(e);
-        if (HW) term *= w[i];
-        loss += term;
+        T t = (xi > T(0) ? xi : T(0)) - yv * xi + log1p_01(e);
+        if (HW) t *= w[i];
+        term[i] = t;
         if (HG) {
             T sg = (xi >= T(0) ? T(1) : e) / u;
             T gi = scale * (sg - yv);
@@ -162,12 +156,17 @@ MMIT_INLINE T bce_row_impl(const Row<T> &r) {
             g[i] = gi;
         }
     }
+    T loss = 0;
+#pragma omp simd reduction(+ : loss)
+    for (int64_t i = 0; i < C; ++i) loss += term[i];
     return loss;
 }
 template <class T>
-MMIT_INLINE T bce_row(const Row<T> &r) {
-    if (r.w) return r.g ? bce_row_impl<T, true, true>(r) : bce_row_impl<T, true, false>(r);
-    return r.g ? bce_row_impl<T, false, true>(r) : bce_row_impl<T, false, false>(r);
+MMIT_INLINE T bce_row(const Row<T> &r, std::vector<T> &tmp) {
+    if (static_cast<int64_t>(tmp.size()) < r.C) tmp.resize(r.C);
+    T *t = tmp.data();
+    if (r.w) return r.g ? bce_row_impl<T, true, true>(r, t) : bce_row_impl<T, true, false>(r, t);
+    return r.g ? bce_row_impl<T, false, true>(r, t) : bce_row_impl<T, false, false>(r, t);
 }
 
 // ---------------------------------------------------------------- LSEP
@@ -368,7 +367,7 @@ MMIT_INLINE void run_rows(int kind, const T *x, const uint8_t *y, const T *w, T 
     for (int64_t b = b0; b < b1; ++b) {
         Row<T> r{x + b * C, y + b * C, w, g ? g + b * C : nullptr, C, scale};
         switch (kind) {
-            case BCE: rows[b] = bce_row(r); break;
+            case BCE: rows[b] = bce_row(r, gn); break;
             case LSEP: rows[b] = lsep_row(r); break;
             case WLSEP: rows[b] = wlsep_row(r, false); break;
             case WLSEP_PAIR: rows[b] = wlsep_row(r, true); break;

@@ -198,7 +198,8 @@ def _add_finetune(sub):
         "finetune", help="load a trained backbone, replace the classifier, train on another dataset",
         description="Transfer (the paper's Table 4): build the model of --from CHECKPOINT, load its weights, "
                     "replace the classifier with one for the vocabulary of --data, and train (all layers, or "
-                    "only the classifier with --freeze-backbone). Takes every `mmit train` flag. Example: "
+                    "only the classifier with --freeze-backbone). Starts from the source run's settings (clips, "
+                    "loss, optimiser); every `mmit train` flag overrides them. Example: "
                     "mmit finetune --from runs/demo/train/checkpoints/best.pt --data data/other --out runs/ft "
                     "--epochs 3 --lr 0.01")
     p.add_argument("--from", dest="finetune_from", required=True, metavar="CHECKPOINT",
@@ -209,13 +210,15 @@ def _add_finetune(sub):
 
 def _cmd_finetune(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
-    from .config import TrainConfig
-    from .train import run_cli
+    from .train import finetune_base_config, run_cli
 
     args.init_from = args.finetune_from
-    if args.replace_classifier is None:
-        args.replace_classifier = True
-    return run_cli(args, base=TrainConfig(out="runs/finetune", replace_classifier=True))
+    try:
+        base = finetune_base_config(args.finetune_from)  # flags override the source run's settings
+    except (OSError, ValueError) as e:
+        print(f"mmit finetune: {e}", file=sys.stderr)
+        return 4
+    return run_cli(args, base=base)
 
 
 # --------------------------------------------------------------------------- eval

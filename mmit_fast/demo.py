@@ -62,7 +62,8 @@ def _existing_matches(data_dir: str, params: Dict[str, Any]) -> bool:
         man = load_manifest(data_dir)
     except Exception:
         return False
-    cfg = (man.source or {}).get("config", {})
+    src = man.source or {}
+    cfg = src.get("config") or (src.get("splits", {}).get("train") or {}).get("config") or {}
     if not all(split in man.splits for split in ("train", "val", "test")):
         return False
     from .pack.synth import generate_dataset

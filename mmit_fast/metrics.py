@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -53,7 +52,7 @@ from ._io import atomic_write_text
 
 __all__ = [
     "evaluate", "MetricAccumulator", "average_precision_rows", "per_class_ap_csv", "format_table_row",
-    "results_table_markdown", "result_to_json", "TABLE_COLUMNS",
+    "results_table_markdown", "results_table_json", "result_to_json", "TABLE_COLUMNS",
 ]
 
 ArrayLike = Any
@@ -364,5 +363,3 @@ def results_table_json(rows: Iterable[Tuple[str, str, Dict[str, Any]]]) -> List[
         out.append(d)
     return out
 
-
-__all__.append("results_table_json")

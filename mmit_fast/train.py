@@ -775,6 +775,16 @@ def _train(cfg, device, rank, world, is_main, tqdm) -> Dict[str, Any]:
     return summary
 
 
+def finetune_base_config(checkpoint: str) -> TrainConfig:
+    """The config a fine-tuning run starts from: the source run's settings (clips, loss,
+    optimiser...), with its data, output, resume and evaluation history cleared."""
+    ck = load_checkpoint(checkpoint)
+    d = {k: v for k, v in (ck.get("config") or {}).items() if k in TrainConfig.__dataclass_fields__}
+    d.update(data="", out="runs/finetune", resume="", init_from=os.path.abspath(checkpoint), replace_classifier=True,
+             pretrained="", freeze_backbone=False, max_steps=0, record_keys=False)
+    return TrainConfig(**d)
+
+
 # ============================================================================ entry point
 def build_parser(prog: str = "mmit train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

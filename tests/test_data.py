@@ -211,6 +211,7 @@ def test_eval_epoch_labels_and_frames_match_oracles(vp9_dir, backend, tmp_path):
                 checked += 1
         seen += batch.keys
     assert sorted(seen) == sorted(samples) and ld.skipped == 0
+    assert getattr(ld, "dali_fallbacks", 0) == 0       # DALI really decoded every batch
 
 
 @needs_dali
@@ -225,6 +226,7 @@ def test_dali_cpu_and_pyav_agree_with_resize_flip_and_views(vp9_dir, tmp_path):
                              seed=7, views=views, exact_color=True)
             ld.set_epoch(2)
             outs[backend] = list(ld)
+            assert ld.dali_fallbacks == 0
         for a, b in zip(outs["pyav"], outs["dali"]):
             assert a.keys == b.keys
             assert torch.equal(a.targets, b.targets)
@@ -233,6 +235,7 @@ def test_dali_cpu_and_pyav_agree_with_resize_flip_and_views(vp9_dir, tmp_path):
     # and the resized clip is what ffmpeg's decode + ffmpeg's bilinear scaler give
     ld = make_loader(vp9_dir, "train", clip=spec, batch_size=12, train=False, backend="dali", num_workers=0)
     batch = next(iter(ld))
+    assert ld.dali_fallbacks == 0
     key = batch.keys[0]
     ref, plan = oracle_clip(samples, ld, key, tmp_path)
     assert plan.resize_hw == (48, 48)

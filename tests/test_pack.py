@@ -394,3 +394,41 @@ def test_parts_then_merge_equal_a_single_run(many, tmp_path):
     assert [r["source"] for r in merged.rejected] == ["c99.mp4"]
     assert all("-p000" in s.path for s in merged.shards)
     assert validate_dataset(str(out))["errors"] == []
+
+
+def test_same_input_gives_identical_shards_for_any_worker_count(many, tmp_path):
+    kw = dict(short_side=32, seconds=0.3, shard_samples=4, progress=False)
+    a = pack_videos(str(many), str(many / "ann.csv"), str(many / "cats.txt"), str(tmp_path / "a"), workers=1, **kw)
+    b = pack_videos(str(many), str(many / "ann.csv"), str(many / "cats.txt"), str(tmp_path / "b"), workers=2, **kw)
+    assert [s.path for s in a.shards] == [s.path for s in b.shards]
+    for x, y in zip(a.shard_paths("train"), b.shard_paths("train")):
+        assert open(x, "rb").read() == open(y, "rb").read()
+
+
+def test_shard_writer_rolls_over_by_count_and_bytes(tmp_path):
+    from mmit_fast.pack.writer import ShardWriter, make_sample
+
+    def sample(i, n):
+        return make_sample(f"k{i:03d}", {"label_ids": [i % 3]}, bytes([i % 256]) * n, [i % 3])
+
+    with ShardWriter(str(tmp_path), "val", shard_samples=3, shard_bytes=20_000) as w:
+        for i, n in enumerate([100, 100, 100, 100, 6000, 6000, 100]):
+            w.write(sample(i, n))
+    # count limit closes the first shard at 3; the byte limit separates the two 6 kB samples
+    assert [s.samples for s in w.shards] == [3, 2, 2]
+    keys = []
+    for s in w.shards:
+        tar = os.path.join(tmp_path, s.path)
+        entries = read_index(os.path.join(tmp_path, s.index))
+        assert entries == index_entries_of_tar(tar)
+        raw = open(tar, "rb").read()
+        for sample_entries in entries:
+            for ext, off, size, name in sample_entries:
+                if ext == "mp4":
+                    i = int(name[1:4])
+                    assert raw[off:off + size] == bytes([i % 256]) * size  # offsets point at the data
+        with tarfile.open(tar) as tf:
+            assert tf.getmembers()[0].mtime == 0  # deterministic headers
+        keys += [k for k, _ in iter_tar_samples(tar)]
+    assert keys == [f"k{i:03d}" for i in range(7)]
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []

@@ -293,8 +293,10 @@ def test_finetune_replaces_classifier_and_trains(tiny_data, tmp_path):
               and "num_batches" not in k]
     assert params and all(torch.equal(ck["model"][k], ck_src["model"][k]) for k in params)  # frozen backbone
     assert not torch.equal(ck["model"]["classifier.weight"][:-2], ck_src["model"]["classifier.weight"])
-    # full fine-tuning moves the backbone too
+    # full fine-tuning (the source run's settings, no model flags) moves the backbone too
     rc = cli.main(["finetune", "--from", str(src / "checkpoints" / "last.pt"), "--data", str(other), "--out",
-                   str(tmp_path / "ft2"), "--epochs", "1", "--val-split", "", *TINY])
+                   str(tmp_path / "ft2"), "--epochs", "1", "--val-split", ""])
     ck2 = load_checkpoint(str(tmp_path / "ft2" / "checkpoints" / "last.pt"))
     assert rc == 0 and not all(torch.equal(ck2["model"][k], ck_src["model"][k]) for k in params)
+    assert ck2["model_spec"]["kwargs"]["width"] == 8 and ck2["config"]["frames"] == 4 and ck2["config"]["threads"] == 1
+    assert cli.main(["finetune", "--from", str(tmp_path / "nope.pt"), "--data", str(other)]) == 4

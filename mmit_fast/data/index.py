@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import tarfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -150,6 +150,12 @@ class MemberReader:
         for f in self._files.values():
             f.close()
         self._files = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __getstate__(self):
         return {"table": self.table}

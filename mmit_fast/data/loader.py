@@ -20,10 +20,9 @@ evaluation, at the end of an epoch); ``len(loader)`` is the same on every rank.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -130,6 +129,7 @@ class VideoLoader:
         self.dali_threads, self.prefetch = int(dali_threads), int(prefetch)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
+        self.dali_fallbacks = 0   # batches DALI raised on and PyAV decoded instead
         self.skipped_samples: List[Tuple[str, str, str]] = []   # (shard, key, reason)
         self._pipe = None
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255
@@ -216,15 +216,12 @@ class VideoLoader:
         return self._finish(self._normalise(video), d)
 
     def __iter__(self):
-        try:
-            if self.backend == "pyav":
-                for d in self._raw_batches():
-                    self._record_skips(d["skipped"])
-                    yield self._pyav_batch(d)
-            else:
-                yield from self._iter_dali()
-        finally:
-            pass
+        if self.backend == "pyav":
+            for d in self._raw_batches():
+                self._record_skips(d["skipped"])
+                yield self._pyav_batch(d)
+        else:
+            yield from self._iter_dali()
         self.epoch, self.start_batch = self.epoch + 1, 0
 
     # -- DALI ----------------------------------------------------------------
@@ -264,6 +261,7 @@ class VideoLoader:
             self._dali_failed(e)
 
     def _dali_failed(self, e) -> None:
+        self.dali_fallbacks += 1
         warnings.warn(f"DALI failed on a batch ({str(e).splitlines()[0][:200]}); decoding it with PyAV", RuntimeWarning)
         self._pipe = None   # DALI has no skip-on-error: a fresh pipeline for the next batches
 

@@ -24,8 +24,6 @@ dropped from its batch and reported in ``skipped`` with the shard, key and reaso
 from __future__ import annotations
 
 import io
-import json
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -185,7 +183,11 @@ def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan) -> np.ndarray:
 
 def is_constant(clip: np.ndarray) -> bool:
     """True when every pixel of the clip has the same colour (black frames from a broken decode)."""
-    return not bool((clip != clip.reshape(-1, clip.shape[-1])[0]).any())
+    flat = clip.reshape(-1, clip.shape[-1])
+    if not (np.array_equal(flat[0], flat[len(flat) // 2]) and np.array_equal(flat[0], flat[-1])):
+        return False   # the usual case, decided in O(1)
+    rows = clip.reshape(-1, clip.shape[-2] * clip.shape[-1])   # rows of pixels: contiguous compares
+    return bool((rows == rows[0]).all() and (flat[: clip.shape[-2]] == flat[0]).all())
 
 
 def decode_clip(data: bytes, plans: Sequence[ViewPlan], expect_frames: Optional[int] = None, threads: int = 1,
@@ -294,7 +296,9 @@ class BatchSource:
                     if ab is not None:
                         wave = decode_audio(ab)
                     audio.append(np.stack([audio_window(wave, p.audio_start, self.audio_samples, S.AUDIO_SAMPLE_RATE) for p in plans]))
-                has_audio.append(wave is not None and len(wave) > 0)
+                    has_audio.append(wave is not None and len(wave) > 0)
+                else:
+                    has_audio.append(any(ext in ref.members for ext in S.AUDIO_EXTS))
             except (BadSample, S.ShardFormatError) as e:
                 skipped.append((self.table.shards[ref.shard], ref.key, str(e)))
                 if clips and len(clips) > len(keys):

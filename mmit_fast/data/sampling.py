@@ -32,9 +32,8 @@ frames a sample gets do not depend on the backend, the worker count or the batch
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 

@@ -27,7 +27,7 @@ steps whose window lies inside the clip match, edge steps see a fraction of the 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ conv7  1024      4       2       2
 =====  ========  ======  ======  =======  ================
 
 (channels scale with ``width``; the original's conv8 prediction heads are replaced by global
-average pooling over time and ``classifier``). A 3 s clip gives ``features`` [B, 1024, 2].
+average pooling over time and ``classifier``). A 3 s clip (66,150 samples) gives ``features`` [B, 1024, 3].
 The shortest accepted input is :data:`MIN_SAMPLES` samples (shorter clips raise ValueError;
 pad them with zeros upstream).
 """

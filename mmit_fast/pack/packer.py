@@ -25,7 +25,7 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import shards as S
 from .._io import atomic_write_json

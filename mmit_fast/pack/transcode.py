@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -412,10 +409,20 @@ def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) ->
         vout = os.path.join(tmp, "v.mp4")
         aout = os.path.join(tmp, "a." + spec.audio_format)
         args = transcode_args(path, spec, info, vout, aout)
+        audio_note = []
         try:
             err = run_ffmpeg(args, what=source)
         except RuntimeError as e:
-            raise RejectedInput(source, f"does not decode: {_short(e, 240)}") from None
+            if not info.has_audio:
+                raise RejectedInput(source, f"does not decode: {_short(e, 240)}") from None
+            # a broken audio track must not cost the video: retry without it
+            try:
+                err = run_ffmpeg(transcode_args(path, spec, info, vout, None), what=source)
+            except RuntimeError as e2:
+                raise RejectedInput(source, f"does not decode: {_short(e2, 240)}") from None
+            audio_note = [f"audio track dropped: {_short(e, 200)}"]
+            if os.path.exists(aout):
+                os.unlink(aout)
         fatal = [l for l in err.splitlines() if any(p.lower() in l.lower() for p in _FATAL_PATTERNS)]
         if not os.path.exists(vout) or os.path.getsize(vout) == 0:
             raise RejectedInput(source, "no frames decoded" + (f" ({_short(fatal[0])})" if fatal else ""))
@@ -441,7 +448,7 @@ def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) ->
         if samples == 0:
             audio = None
     return EncodedClip(video=video, audio=audio, frames=n, width=w, height=h, fps=spec.fps,
-                       audio_samples=samples, warnings=fatal)
+                       audio_samples=samples, warnings=fatal + audio_note)
 
 
 # --------------------------------------------------------------------------- encoding arrays (synth)

@@ -42,6 +42,8 @@ class _TranscodeJob:
         }
         if ann.dropped:
             meta["dropped_labels"] = list(ann.dropped)
+        if clip.warnings:
+            meta["warnings"] = list(clip.warnings)
         return make_sample(job.key, meta, clip.video, ann.label_ids, audio=clip.audio,
                            audio_ext=self.spec.audio_format)
 

@@ -22,13 +22,13 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import shards as S
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_write_text
 
 IDX_VERSION = "v1.2"
 BLOCK = 512
