@@ -82,7 +82,7 @@ MMIT_INLINE double fast_exp(double x) { return std::exp(x); }
 MMIT_INLINE float log1p_01(float t) {
     const float u = 1.0f + t;
     const bool big = u > 1.41421356237309505f;
-    const float m = big ? 0.5f * u : u;
+    const float m = u * (big ? 0.5f : 1.0f);  // constants in the arms: no conditional FP op
     const float e = big ? 1.0f : 0.0f;
     const float xm = m - 1.0f;
     const float z = xm * xm;
@@ -100,7 +100,8 @@ MMIT_INLINE float log1p_01(float t) {
     y += -0.5f * z;
     const float lg = xm + y + e * 0.693359375f;
     const float d = u - 1.0f;
-    return d == 0.0f ? t : lg * (t / d);
+    const float q = t / (d == 0.0f ? 1.0f : d);  // unconditional division: if-convertible
+    return d == 0.0f ? t : lg * q;
 }
 MMIT_INLINE double log1p_01(double t) { return std::log1p(t); }
 
@@ -150,7 +151,7 @@ MMIT_INLINE T bce_row_impl(const Row<T> &r, T *__restrict__ term) {
         if (HW) t *= w[i];
         term[i] = t;
         if (HG) {
-            T sg = (xi >= T(0) ? T(1) : e) / u;
+            T sg = (xi >= T(0) ? T(1) : e) / u;  // (the division itself is unconditional)
             T gi = scale * (sg - yv);
             if (HW) gi *= w[i];
             g[i] = gi;

@@ -54,13 +54,16 @@ def _add_synth(sub):
 def _cmd_synth(args):
     from .pack.synth import generate_dataset
 
-    splits = tuple(float(x) for x in args.splits.split(","))
-    man = generate_dataset(args.out, num_videos=args.num_videos, seed=args.seed, size=args.size, fps=args.fps,
-                           seconds=args.seconds, codec=args.codec, workers=args.workers,
-                           shard_samples=args.shard_samples, splits=splits, tail=args.tail,
-                           label_dropout=args.label_dropout, no_audio_prob=args.no_audio_prob,
-                           distractors=args.distractors, resume=args.resume, overwrite=args.overwrite,
-                           broden=args.broden)
+    try:
+        splits = tuple(float(x) for x in args.splits.split(","))
+        man = generate_dataset(args.out, num_videos=args.num_videos, seed=args.seed, size=args.size, fps=args.fps,
+                               seconds=args.seconds, codec=args.codec, workers=args.workers,
+                               shard_samples=args.shard_samples, splits=splits, tail=args.tail,
+                               label_dropout=args.label_dropout, no_audio_prob=args.no_audio_prob,
+                               distractors=args.distractors, resume=args.resume, overwrite=args.overwrite,
+                               broden=args.broden)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"mmit synth: {e}") from None
     print(f"{args.out}: {man.num_classes} classes; " + ", ".join(
         f"{s} {man.splits[s]['samples']} videos" for s in man.splits))
     if args.broden:
@@ -107,18 +110,25 @@ def _cmd_pack(args):
     from .pack import merge_parts, pack_videos
 
     if args.merge:
-        man = merge_parts(args.out)
+        try:
+            man = merge_parts(args.out)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"mmit pack --merge: {e}") from None
         print(f"{args.out}/manifest.json: merged {man.source['merged_parts']} parts; " + ", ".join(
             f"{s} {st['samples']} samples" for s, st in man.splits.items()))
         return 0
     missing = [f for f in ("videos", "annotations", "categories") if not getattr(args, f)]
     if missing:
         raise SystemExit("mmit pack: needs " + ", ".join("--" + m for m in missing) + " (or --merge)")
-    man = pack_videos(args.videos, args.annotations, args.categories, args.out, split=args.split, codec=args.codec,
-                      short_side=args.short_side, fps=args.fps, seconds=args.seconds, gop=args.gop, crf=args.crf,
-                      audio_format=args.audio_format, workers=args.workers, shard_samples=args.shard_samples,
-                      shard_bytes=int(args.shard_mb * 2 ** 20), resume=args.resume, overwrite=args.overwrite,
-                      part=args.part, drop_unknown=args.drop_unknown)
+    try:
+        man = pack_videos(args.videos, args.annotations, args.categories, args.out, split=args.split,
+                          codec=args.codec, short_side=args.short_side, fps=args.fps, seconds=args.seconds,
+                          gop=args.gop, crf=args.crf, audio_format=args.audio_format, workers=args.workers,
+                          shard_samples=args.shard_samples, shard_bytes=int(args.shard_mb * 2 ** 20),
+                          resume=args.resume, overwrite=args.overwrite, part=args.part,
+                          drop_unknown=args.drop_unknown)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: the message names it
+        raise SystemExit(f"mmit pack: {e}") from None
     st = man.splits[args.split]
     rej = [r for r in man.rejected if r.get("split") == args.split]
     print(f"{args.out}: {args.split} {st['samples']} samples in "

@@ -31,7 +31,7 @@ DEMO_CONFIG: Dict[str, Any] = {
     "model": "i3d", "depth": 18, "width": 16, "model_args": {"conv1_t": 1},
     "clip_mode": "consecutive", "frames": 8, "stride": 4, "crop": 96, "flip": False,
     "loss": "wlsep", "class_weights": "min_ratio",
-    "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+    "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05,
     "schedule": "cosine", "warmup_epochs": 1.0,
     "epochs": 6, "batch_size": 16, "accum_steps": 1,
     "num_workers": 1, "backend": "auto", "amp": "auto",

@@ -163,16 +163,16 @@ def test_inflated_i3d_reproduces_2d_net_on_static_clip(depth, tmp_path):
     i3d32 = create_model("i3d", C, depth=depth, width=8, pretrained=str(path))
     for k, v in i3d32.state_dict().items():
         assert torch.equal(v, i3d.state_dict()[k].to(v.dtype)), k
-    frame = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    frame = torch.randn(1, 3, 48, 48, dtype=torch.float64)
     clip = frame.unsqueeze(2).expand(-1, -1, 8, -1, -1).contiguous()
-    with torch.no_grad():
+    with torch.no_grad():  # (float64 conv3d is slow on CPU: one pass; logits == classifier(pool(features)) is tested above)
         f2 = net2d.features(frame)
         f3 = i3d.features(clip)
         assert f3.shape[2] == 2
         for t in range(f3.shape[2]):
             torch.testing.assert_close(f3[:, :, t], f2, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(i3d.forward_features(clip), net2d.forward_features(frame), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(i3d(clip), net2d(frame), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(i3d.pool(f3), net2d.forward_features(frame), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(i3d.classifier(i3d.pool(f3)), net2d(frame), rtol=1e-9, atol=1e-9)
 
 
 def test_inflation_weights_and_zero_padding_edges():
@@ -367,3 +367,19 @@ def test_stem_training_path_equals_conv3d(tp, st):
     torch.testing.assert_close(conv.weight.grad, w.grad, rtol=1e-10, atol=1e-10)
     with torch.no_grad():
         torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)  # the plain conv3d path
+
+
+def test_to_channels_last_every_model():
+    from mmit_fast.models import to_channels_last
+
+    for key in ("i3d", "tsm"):
+        m, inputs = _make(key)
+        m.eval()
+        with torch.no_grad():
+            before = m(*inputs)
+            to_channels_last(m)
+            torch.testing.assert_close(m(*inputs), before, rtol=1e-4, atol=1e-4)
+    i3d, _ = _make("i3d")
+    assert to_channels_last(i3d).conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    tsm, _ = _make("tsm")
+    assert to_channels_last(tsm).conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -286,6 +286,11 @@ def test_unknown_label_names_the_row_unless_dropped(root, tmp_path):
                    json.dumps({"path": "vfr.mp4", "labels": ["swimming"]}) + "\n")
     with pytest.raises(AnnotationError, match=r"a\.jsonl:2: video 'bbb\.mp4' has label\(s\) \['flying'\]"):
         pack_videos(str(root), str(ann), str(root / "cats.txt"), str(tmp_path / "o"), progress=False)
+    from mmit_fast.cli import main
+
+    with pytest.raises(SystemExit, match=r"mmit pack: .*a\.jsonl:2: video 'bbb\.mp4'"):
+        main(["pack", "--videos", str(root), "--annotations", str(ann), "--categories", str(root / "cats.txt"),
+              "--out", str(tmp_path / "o")])
     rows, rejected = read_annotations(str(ann), CLASSES, drop_unknown=True)
     assert [(r.path, r.labels, r.dropped) for r in rows] == [("bikes.mp4", ["biking"], []),
                                                             ("bbb.mp4", ["animal"], ["flying"])]
@@ -432,3 +437,20 @@ def test_shard_writer_rolls_over_by_count_and_bytes(tmp_path):
         keys += [k for k, _ in iter_tar_samples(tar)]
     assert keys == [f"k{i:03d}" for i in range(7)]
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_second_split_joins_the_manifest(many, tmp_path):
+    kw = dict(short_side=32, seconds=0.3, workers=1, progress=False)
+    rows = (many / "ann.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows[:6]) + "\n")
+    (tmp_path / "val.csv").write_text("\n".join(rows[6:9]) + "\n")
+    out = str(tmp_path / "o")
+    pack_videos(str(many), str(tmp_path / "train.csv"), str(many / "cats.txt"), out, split="train", **kw)
+    man = pack_videos(str(many), str(tmp_path / "val.csv"), str(many / "cats.txt"), out, split="val", **kw)
+    assert man.num_samples("train") == 5 and man.num_samples("val") == 3  # c99 (row 6) is rejected
+    assert set(man.splits) == {"train", "val"} and man.splits["val"]["rejected"] == 0
+    assert [r["split"] for r in man.rejected] == ["train"]
+    with pytest.raises(ValueError, match="video settings"):
+        pack_videos(str(many), str(tmp_path / "val.csv"), str(many / "cats.txt"), out, split="test",
+                    short_side=48, seconds=0.3, workers=1, progress=False)
+    assert not [n for n in os.listdir(out) if n.startswith("test")]  # refused before writing anything

@@ -251,3 +251,11 @@ def test_cli_synth(tmp_path, capsys):
     man = S.load_manifest(str(tmp_path / "d"))
     assert man.num_samples("train") == 3 and man.video["codec"] == "mjpeg" and "val" not in man.splits
     assert main(["inspect", str(tmp_path / "d")]) == 0
+    # --overwrite with other settings replaces the whole dataset
+    (tmp_path / "d" / "notes.txt").write_text("kept")
+    assert main(["synth", str(tmp_path / "d"), "--num-videos", "4", "--size", "48", "--fps", "8", "--seconds", "1",
+                 "--workers", "1", "--splits", "0.5,0.5,0", "--overwrite"]) == 0
+    man = S.load_manifest(str(tmp_path / "d"))
+    assert man.video["codec"] == "vp9" and man.video["short_side"] == 48
+    assert sorted(n for n in os.listdir(tmp_path / "d") if not n.startswith(".")) == [
+        "manifest.json", "notes.txt", "train-000000.idx", "train-000000.tar", "val-000000.idx", "val-000000.tar"]

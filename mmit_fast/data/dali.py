@@ -78,6 +78,7 @@ def feed(pipe, raw, num_classes: int):
     """Feed one batch of views: ``raw`` = list of (encoded uint8, [ViewPlan...], ids)."""
     enc, frames, size, anchor, mirror, ids = [], [], [], [], [], []
     for data, plans, lab in raw:
+        data = data.numpy() if hasattr(data, "numpy") else data
         lab = np.concatenate([np.asarray(lab, np.int32), np.array([num_classes], np.int32)])
         for p in plans:
             enc.append(data)

@@ -4,8 +4,8 @@
 backend       decode                                                     chosen by ``auto``
 ============  =========================================================  ==================
 dali (cuda)   ``fn.decoders.video(device="mixed")`` + GPU resize/crop    CUDA available
-dali (cpu)    DALI CPU decoder (VP9/VP8/MJPEG only) + CPU ops            no CUDA, VP9/VP8/MJPEG shards
-pyav          PyAV in DataLoader workers, minimal decode, torch resize   H.264/HEVC on CPU, or no DALI
+dali (cpu)    DALI CPU decoder (VP9/VP8/MJPEG only) + CPU ops            MMIT_CPU_BACKEND=dali, VP9/VP8/MJPEG
+pyav          PyAV in DataLoader workers, minimal decode, uint8 resize   CPU device (faster here), or no DALI
 ============  =========================================================  ==================
 
 Every backend yields :class:`Batch` with the same layout and, for the same (seed, epoch,
@@ -30,7 +30,7 @@ import torch
 from .. import shards as S
 from . import dali as _dali
 from .index import epoch_batches, num_batches, sample_table
-from .pyav import BadSample, BatchSource, decode_clip
+from .pyav import BadSample, BatchSource, decode_clip, normalise
 from .sampling import ClipSpec, audio_seconds, view_grid
 
 IMAGENET_MEAN = _dali.IMAGENET_MEAN
@@ -54,6 +54,20 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
+class _EpochItems(torch.utils.data.Sampler):
+    """``(epoch, batch)`` items of one epoch from ``start``; mutable so that persistent
+    DataLoader workers serve every epoch (the workers compute each epoch's plan)."""
+
+    def __init__(self, epoch, start, nb):
+        self.epoch, self.start, self.nb = epoch, start, nb
+
+    def __iter__(self):
+        return iter([(self.epoch, b) for b in range(self.start, self.nb)])
+
+    def __len__(self):
+        return self.nb - self.start
+
+
 class _EpochPlan:
     """Picklable ``epoch -> batches`` of one rank."""
 
@@ -75,14 +89,21 @@ def resolve_device(device: str) -> torch.device:
     return d
 
 
+#: ``auto`` on a CPU device: "pyav" (measured faster and ~1.3x more CPU-efficient than DALI's
+#: CPU decoder on 2 cores, benchmarks/results/loader_*.md) -- set to "dali" to prefer DALI CPU
+#: for VP9/VP8/MJPEG shards.
+CPU_AUTO = os.environ.get("MMIT_CPU_BACKEND", "pyav")
+
+
 def resolve_backend(backend: str, device: torch.device, codec: str) -> str:
-    """``auto``: DALI on CUDA; DALI CPU for VP9/VP8/MJPEG; PyAV otherwise (or without DALI)."""
+    """``auto``: DALI on CUDA; on CPU PyAV (or DALI CPU for VP9/VP8/MJPEG shards when
+    ``MMIT_CPU_BACKEND=dali``); PyAV without DALI."""
     codec = (codec or "").lower()
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     has_dali = _dali.available()
     if backend == "auto":
-        if has_dali and (device.type == "cuda" or codec in _dali.CPU_CODECS):
+        if has_dali and (device.type == "cuda" or (CPU_AUTO == "dali" and codec in _dali.CPU_CODECS)):
             return "dali"
         return "pyav"
     if backend == "dali":
@@ -101,7 +122,7 @@ class VideoLoader:
                  world_size: int = 1, train: bool = True, backend: str = "auto", device: str = "cpu", seed: int = 0,
                  with_audio: bool = False, num_workers: int = 2, views=1, shuffle: Optional[bool] = None,
                  drop_last: Optional[bool] = None, decoder_threads: Optional[int] = None, dali_threads: int = 2,
-                 prefetch: int = 2, exact_color: bool = True):
+                 prefetch: int = 2, exact_color: bool = False, container_check: str = "boxes"):
         self.manifest = data if isinstance(data, S.Manifest) else S.load_manifest(data)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -125,15 +146,16 @@ class VideoLoader:
         self.plan = _EpochPlan(self.num_samples, self.batch_size, self.rank, self.world_size, self.seed, self.shuffle, self.drop_last)
         self.source = BatchSource(self.table, self.plan, self.manifest.num_classes, clip, train=self.train, seed=self.seed,
                                   views=views, with_audio=self.with_audio, audio_samples=self.audio_samples,
-                                  decode=self.backend == "pyav", threads=decoder_threads, exact_color=exact_color)
+                                  decode=self.backend == "pyav", threads=decoder_threads, exact_color=exact_color,
+                                  check=container_check, normalise_in_worker=self.device.type == "cpu")
         self.dali_threads, self.prefetch = int(dali_threads), int(prefetch)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.dali_fallbacks = 0   # batches DALI raised on and PyAV decoded instead
         self.skipped_samples: List[Tuple[str, str, str]] = []   # (shard, key, reason)
         self._pipe = None
-        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255
+        self._dl = None
+        self._sampler = None
 
     # -- contract ------------------------------------------------------------
     @property
@@ -155,15 +177,19 @@ class VideoLoader:
 
     # -- iteration -----------------------------------------------------------
     def _raw_batches(self):
-        items = [(self.epoch, b) for b in range(self.start_batch, self._nb)]
+        items = _EpochItems(self.epoch, self.start_batch, self._nb)
         if self.num_workers <= 0:
             for it in items:
                 yield self.source[it]
             return
-        dl = torch.utils.data.DataLoader(self.source, batch_size=None, sampler=items, num_workers=self.num_workers,
-                                         collate_fn=_identity, worker_init_fn=_worker_init,
-                                         prefetch_factor=self.prefetch, pin_memory=False)
-        yield from dl
+        if self._dl is None:   # persistent workers: forked once, reused every epoch
+            self._sampler = _EpochItems(0, 0, self._nb)
+            self._dl = torch.utils.data.DataLoader(self.source, batch_size=None, sampler=self._sampler,
+                                                   num_workers=self.num_workers, collate_fn=_identity,
+                                                   worker_init_fn=_worker_init, prefetch_factor=self.prefetch,
+                                                   persistent_workers=True, pin_memory=False)
+        self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
+        yield from self._dl
 
     def _record_skips(self, skipped):
         for s in skipped:
@@ -200,10 +226,8 @@ class VideoLoader:
         return Batch(video, audio, has_audio.to(dev, non_blocking=nb), targets.to(dev, non_blocking=nb), keys)
 
     def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
-        """uint8 [N,T,H,W,3] -> float32 [N,3,T,H,W], (x - 255*mean) / (255*std)."""
-        u8 = u8.to(self.device, non_blocking=True)
-        x = u8.permute(0, 4, 1, 2, 3).float()
-        return ((x - self._mean.to(x.device)) / self._std.to(x.device)).contiguous()
+        """uint8 [N,T,H,W,3] -> float32 [N,3,T,H,W] ImageNet-normalised, on the loader's device."""
+        return normalise(u8.to(self.device, non_blocking=True))
 
     def _constant_views(self, video: torch.Tensor) -> np.ndarray:
         """Per sample: True when one of its views is a constant clip (all pixels one colour)."""
@@ -213,7 +237,9 @@ class VideoLoader:
 
     def _pyav_batch(self, d) -> Batch:
         video = torch.as_tensor(d["video"])
-        return self._finish(self._normalise(video), d)
+        if video.dtype == torch.uint8:   # GPU device: normalised there
+            video = self._normalise(video)
+        return self._finish(video.to(self.device), d)
 
     def __iter__(self):
         if self.backend == "pyav":
@@ -237,7 +263,8 @@ class VideoLoader:
         clips = []
         for i, (data, plans, _ids) in enumerate(d["raw"]):
             try:
-                clips.append(decode_clip(data.tobytes(), plans, exact_color=True))
+                clips.append(decode_clip(bytes(memoryview(data.numpy() if hasattr(data, "numpy") else data)), plans,
+                                         exact_color=True))
             except BadSample as e:
                 keep[i] = False
                 self._record_skips([(d["shards"][i], d["keys"][i], f"DALI and PyAV failed to decode it: {e}")])
@@ -325,9 +352,11 @@ def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, bat
     centre clips (or ``views`` = temporal x spatial views), every sample once.
     ``backend``: ``auto`` | ``dali`` | ``pyav``; ``device``: ``cpu`` | ``cuda`` | ``auto``.
     Extra keywords: ``shuffle``, ``drop_last``, ``decoder_threads`` (PyAV codec threads),
-    ``dali_threads``, ``prefetch`` (batches per worker), ``exact_color`` (PyAV: default True, YUV->RGB
-    bit-exact with DALI's decoder; False: swscale's fixed-point path, ~4x cheaper conversion,
-    ~15% faster decoding overall, 34-42 dB PSNR from the exact result).
+    ``dali_threads``, ``prefetch`` (batches per worker), ``exact_color`` (PyAV: True converts YUV->RGB
+    bit-exactly as DALI's decoder does, at ~4x the conversion cost; the default False uses
+    swscale's fixed-point path, 34-42 dB PSNR from the exact result), ``container_check``
+    (DALI inputs: ``"boxes"``, the mp4 box structure, microseconds; ``"demux"``, also a PyAV
+    demux, ~5 ms a video).
     """
     return VideoLoader(data, split, clip or ClipSpec(), batch_size, rank=rank, world_size=world_size, train=train,
                        backend=backend, device=device, seed=seed, with_audio=with_audio, num_workers=num_workers,

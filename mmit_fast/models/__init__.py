@@ -11,7 +11,7 @@ See :mod:`mmit_fast.models.base` for the shared interface and
 """
 from .base import ClipClassifier, read_state_dict, replace_classifier
 from .fusion import Fusion
-from .registry import MODELS, count_flops, count_params, create_model, load_pretrained, run_model
+from .registry import MODELS, count_flops, count_params, create_model, load_pretrained, run_model, to_channels_last
 from .resnet2d import ResNet2d, resnet2d
 from .resnet3d import I3D, inflate_from_2d
 from .soundnet import MIN_SAMPLES, SAMPLE_RATE, SoundNet
@@ -19,6 +19,6 @@ from .tsm import TSM, temporal_shift
 
 __all__ = [
     "ClipClassifier", "create_model", "MODELS", "load_pretrained", "run_model", "replace_classifier",
-    "read_state_dict", "count_flops", "count_params", "I3D", "inflate_from_2d", "TSM", "temporal_shift",
+    "read_state_dict", "to_channels_last", "count_flops", "count_params", "I3D", "inflate_from_2d", "TSM", "temporal_shift",
     "SoundNet", "SAMPLE_RATE", "MIN_SAMPLES", "Fusion", "ResNet2d", "resnet2d",
 ]

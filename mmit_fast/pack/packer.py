@@ -125,6 +125,22 @@ def _pool(workers: int):
     return ctx.Pool(workers, initializer=_worker_init)
 
 
+def _compatible_manifest(mpath: str, classes: Sequence[str], spec: EncodeSpec) -> Optional[S.Manifest]:
+    """The existing manifest at ``mpath`` (None if absent); an error when its vocabulary or
+    video settings differ from this run's (all splits of a dataset share them)."""
+    if not os.path.exists(mpath):
+        return None
+    man = S.load_manifest(mpath)
+    if list(man.classes) != list(classes):
+        raise ValueError(f"{mpath} has a different vocabulary ({man.num_classes} classes); "
+                         "pack into a new folder or use the same categories file")
+    keys = ("codec", "short_side", "fps")
+    if man.video and {k: man.video.get(k) for k in keys} != {k: spec.video_manifest()[k] for k in keys}:
+        raise ValueError(f"{mpath} was packed with video settings {man.video}; this run uses "
+                         f"{spec.video_manifest()}: all splits of a dataset must share them")
+    return man
+
+
 def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[Job], Sample], *,
                 classes: Sequence[str], spec: EncodeSpec, part: Optional[Tuple[int, int]] = None,
                 workers: int = 2, shard_samples: int = 1000, shard_bytes: int = 1 << 30,
@@ -140,11 +156,11 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
         raise ValueError("job keys must be unique")
     part_i = part[0] if part else None
     os.makedirs(out_dir, exist_ok=True)
+    _compatible_manifest(os.path.join(out_dir, S.manifest_name(part_i)), classes, spec)  # fail before any work
     state = {"classes": list(classes), "video": spec.video_manifest(), "audio": spec.audio_manifest(),
              "part": list(part) if part else None, "jobs": len(jobs)}
     state_path = _state_path(out_dir, split, part_i)
     journal = _journal_path(out_dir, split, part_i)
-    _cleanup_partials(out_dir, split, part_i)
     old = existing_shards(out_dir, split, part_i)
 
     done_metas: List[Dict] = []
@@ -160,6 +176,7 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
                 if os.path.exists(os.path.join(out_dir, p)):
                     os.unlink(os.path.join(out_dir, p))
         old = []
+    _cleanup_partials(out_dir, split, part_i)  # leftovers of an interrupted run of this split (and part)
     if resume and os.path.exists(state_path):
         with open(state_path, encoding="utf-8") as f:
             prev = json.load(f)
@@ -240,17 +257,7 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     metas.sort(key=lambda m: order.get(m["key"], 0))
     shards = prior + writer.shards
     mpath = os.path.join(out_dir, S.manifest_name(part_i))
-    if os.path.exists(mpath):
-        man = S.load_manifest(mpath)
-        if list(man.classes) != list(classes):
-            raise ValueError(f"{mpath} has a different vocabulary ({man.num_classes} classes); "
-                             "pack into a new folder or use the same categories file")
-        if man.video and {k: man.video.get(k) for k in ("codec", "short_side", "fps")} != \
-                {k: spec.video_manifest()[k] for k in ("codec", "short_side", "fps")}:
-            raise ValueError(f"{mpath} was packed with video settings {man.video}; this split uses "
-                             f"{spec.video_manifest()}: all splits of a dataset must share them")
-    else:
-        man = S.Manifest(classes=list(classes))
+    man = _compatible_manifest(mpath, classes, spec) or S.Manifest(classes=list(classes))
     stats = split_stats(metas, len(classes))
     all_rejected = [dict(r, split=split) for r in pre_rejected] + [
         {"source": r["source"], "reason": r["reason"], "key": r["key"], "split": split} for r in rejected]

@@ -444,7 +444,8 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     ``num_videos`` are split by ``splits``; video ``i`` is deterministic from ``(seed, i)``.
     When ``out_dir`` already holds this exact dataset (same settings, complete), it is not
     rendered again: its manifest is returned. Other existing shards need ``overwrite=True``
-    (or ``resume=True`` to finish an interrupted run).
+    (which first removes the previous dataset's manifests, shards and indexes from ``out_dir``)
+    or ``resume=True`` (to finish an interrupted run with the same settings).
     With ``broden=DIR`` the test split (val when test is empty) is also exported in the
     Broden layout (:func:`export_broden`). Returns the manifest.
     """
@@ -460,6 +461,8 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
         done = _finished(out_dir, info, spec, counts)
         if done is not None:
             return done
+    if overwrite:
+        _clear_dataset(out_dir)
     start = 0
     man = None
     for split in S.SPLITS:
@@ -476,6 +479,19 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
         split = "test" if counts["test"] else ("val" if counts["val"] else "train")
         export_broden(out_dir, broden, split=split)
     return man
+
+
+def _clear_dataset(out_dir: str) -> None:
+    """Remove a previous dataset's files (manifests, shards, indexes, resume state) from ``out_dir``."""
+    import re
+
+    if not os.path.isdir(out_dir):
+        return
+    rx = re.compile(r"^(manifest(-p\d{4})?\.json|(train|val|test)(-p\d{4})?-\d{6}\.(tar|idx)|"
+                    r"\.manifest.*\.(jsonl|json)|\..*\.partial)$")
+    for name in os.listdir(out_dir):
+        if rx.match(name):
+            os.unlink(os.path.join(out_dir, name))
 
 
 def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]) -> Optional[S.Manifest]:
