@@ -282,6 +282,7 @@ def main(argv=None):
                                 "pyav_speedup_vs_baseline": sel["pyav"]["clips_per_s"] / sel["baseline"]["clips_per_s"],
                                 "dali_cpu_speedup_vs_baseline": (sel["dali-cpu"]["clips_per_s"] / sel["baseline"]["clips_per_s"])
                                 if "dali-cpu" in sel else None})
+    loadavg += " -> " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     result = {"machine": machine_info(args.device), "device": args.device, "setup_s": setup_s, "loadavg": loadavg,
               "rows": rows, "summary": summary}
     if gpu and not args.skip_i3d:
@@ -308,8 +309,8 @@ def write_results(result, out_dir):
              f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if 'gpu' in m else "")
              + f"; torch {m['torch']}, DALI {m['dali']}, PyAV {m['pyav']}.", "",
              f"Batch size {result['rows'][0]['batch_size']}, {result['rows'][0]['workers']} worker processes, evaluation clips "
-             "(centre), timed after one warm-up batch. CPU = cores busy (process + workers).", "",
-             f"Load average when it started: {result.get('loadavg', '?')} (the machine is shared: clips/s depends on the "
+             "(centre), whole epochs timed including worker start-up. CPU = cores busy (process + workers).", "",
+             f"Load average (1, 5, 15 min) at start -> end: {result.get('loadavg', '?')} (the machine is shared: clips/s depends on the "
              "CPU share the run got; clips per CPU-second does not).", "",
              "| dataset | clip | backend | clips/s | frames/s | CPU cores | clips per CPU-s |", "|---|---|---|---:|---:|---:|---:|"]
     for r in result["rows"]:

@@ -44,6 +44,13 @@
 
 namespace py = pybind11;
 
+// The kernels do not read floating-point exception flags, so the compiler may treat FP
+// ops as non-trapping: that is what lets GCC if-convert and vectorise the exp / log
+// polynomials below (results are unchanged -- this is not -ffast-math).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 namespace mmit {
 namespace {
 
@@ -171,102 +178,125 @@ MMIT_INLINE T bce_row(const Row<T> &r, std::vector<T> &tmp) {
 }
 
 // ---------------------------------------------------------------- LSEP
-template <class T>
-MMIT_INLINE T lsep_row(const Row<T> &r) {
+template <class T, bool HW>
+MMIT_INLINE T lsep_row_impl(const Row<T> &r, std::vector<T> &tmp) {
     const T ninf = -std::numeric_limits<T>::infinity();
     const int64_t C = r.C;
+    const T *__restrict__ x = r.x;
+    const uint8_t *__restrict__ y = r.y;
+    const T *__restrict__ w = r.w;
     T mA = ninf, mB = ninf;
     int64_t npos = 0;
 #pragma omp simd reduction(max : mA, mB) reduction(+ : npos)
     for (int64_t i = 0; i < C; ++i) {
-        bool p = r.y[i] != 0;
-        bool pw = p && (!r.w || r.w[i] > T(0));
-        T x = r.x[i];
-        T a = p ? ninf : x;
-        T b = pw ? -x : ninf;
+        const bool p = y[i] != 0;
+        const bool pw = HW ? (p && w[i] > T(0)) : p;
+        const T a = p ? ninf : x[i];
+        const T b = pw ? -x[i] : ninf;
         mA = a > mA ? a : mA;
         mB = b > mB ? b : mB;
-        npos += p;
+        npos += p ? 1 : 0;
     }
     if (npos == 0 || npos == C || mB == ninf || mA == ninf) {
         // no negative, no positive, or every positive has weight 0 -> the pair sum is empty
-        bool nan = (mA != mA) || (mB != mB);
+        const bool nan = (mA != mA) || (mB != mB);
         zero_grad(r);
         return nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
     }
-    // one exp per element: negatives exp(x - mA), positives w exp(-x - mB); kept in g
-    std::vector<T> tmp;
-    T *v = r.g;
-    if (!v) { tmp.resize(C); v = tmp.data(); }
+    // one exp per element: negatives exp(x - mA), positives w exp(-x - mB); kept in v
+    T *__restrict__ v = r.g;
+    if (!v) {
+        if (static_cast<int64_t>(tmp.size()) < C) tmp.resize(C);
+        v = tmp.data();
+    }
     T sA = 0, sB = 0;
 #pragma omp simd reduction(+ : sA, sB)
     for (int64_t i = 0; i < C; ++i) {
-        bool p = r.y[i] != 0;
-        T x = r.x[i];
-        T arg = p ? (-x - mB) : (x - mA);
+        const bool p = y[i] != 0;
+        const T arg = p ? (-x[i] - mB) : (x[i] - mA);
         T e = fast_exp(arg);
-        T wi = r.w ? r.w[i] : T(1);
-        e = p ? (wi > T(0) ? wi * e : T(0)) : e;  // weight-0 positives: exactly 0
+        if (HW) e = p ? (w[i] > T(0) ? w[i] : T(0)) * e : e;  // weight-0 positives: exactly 0
         v[i] = e;
         sA += p ? T(0) : e;
         sB += p ? e : T(0);
     }
-    T z = (mA + std::log(sA)) + (mB + std::log(sB));
-    T loss = softplus(z);
+    const T z = (mA + std::log(sA)) + (mB + std::log(sB));
+    const T loss = softplus(z);
     if (r.g) {
-        T s = sigmoid(z);
-        T ka = r.scale * s / sA, kb = -r.scale * s / sB;
-        T *g = r.g;
+        const T s = sigmoid(z);
+        const T ka = r.scale * s / sA, kb = -r.scale * s / sB;
+        T *__restrict__ g = r.g;
 #pragma omp simd
-        for (int64_t i = 0; i < C; ++i) g[i] = (r.y[i] ? kb : ka) * g[i];
+        for (int64_t i = 0; i < C; ++i) g[i] = (y[i] ? kb : ka) * g[i];
     }
     return loss;
 }
+template <class T>
+MMIT_INLINE T lsep_row(const Row<T> &r, std::vector<T> &tmp) {
+    return r.w ? lsep_row_impl<T, true>(r, tmp) : lsep_row_impl<T, false>(r, tmp);
+}
 
 // ---------------------------------------------------------------- wLSEP
+// calls f(i) for each positive column of a row, skipping 8 target bytes at a time
+template <class F>
+MMIT_INLINE void for_each_positive(const uint8_t *y, int64_t C, int64_t npos, F &&f) {
+    int64_t seen = 0, i = 0;
+    for (; i + 8 <= C && seen < npos; i += 8) {
+        uint64_t word;
+        std::memcpy(&word, y + i, 8);
+        if (!word) continue;
+        for (int64_t k = i; k < i + 8; ++k)
+            if (y[k]) { f(k); ++seen; }
+    }
+    for (; i < C && seen < npos; ++i)
+        if (y[i]) { f(i); ++seen; }
+}
+
 template <class T>
-MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair) {
+MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair, std::vector<T> &tmp) {
     const T ninf = -std::numeric_limits<T>::infinity();
     const int64_t C = r.C;
+    const T *__restrict__ x = r.x;
+    const uint8_t *__restrict__ y = r.y;
     T m = ninf;
     int64_t npos = 0;
 #pragma omp simd reduction(max : m) reduction(+ : npos)
     for (int64_t i = 0; i < C; ++i) {
-        bool p = r.y[i] != 0;
-        T a = p ? ninf : r.x[i];
+        const bool p = y[i] != 0;
+        const T a = p ? ninf : x[i];
         m = a > m ? a : m;
-        npos += p;
+        npos += p ? 1 : 0;
     }
     if (npos == 0 || npos == C) { zero_grad(r); return T(0); }
-    std::vector<T> tmp;
-    T *v = r.g;
-    if (!v) { tmp.resize(C); v = tmp.data(); }
+    T *__restrict__ v = r.g;
+    if (!v) {
+        if (static_cast<int64_t>(tmp.size()) < C) tmp.resize(C);
+        v = tmp.data();
+    }
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < C; ++i) {
-        T e = r.y[i] ? T(0) : fast_exp(r.x[i] - m);
-        v[i] = e;
-        sum += e;
+        const T e = fast_exp(x[i] - m);
+        const T ev = y[i] ? T(0) : e;  // positives' lanes may overflow: selected away
+        v[i] = ev;
+        sum += ev;
     }
-    T A = m + std::log(sum);
-    T inv = pair ? T(1) : T(1) / T(npos);
+    const T A = m + std::log(sum);
+    const T inv = pair ? T(1) : T(1) / T(npos);
     T loss = 0, S = 0;
-    int64_t seen = 0;
-    for (int64_t i = 0; i < C && seen < npos; ++i) {
-        if (!r.y[i]) continue;
-        ++seen;
-        T c = (r.w ? r.w[i] : T(1)) * inv;
-        T t = A - r.x[i];
+    for_each_positive(y, C, npos, [&](int64_t i) {
+        const T c = (r.w ? r.w[i] : T(1)) * inv;
+        const T t = A - x[i];
         loss += c * softplus(t);
-        T sg = c * sigmoid(t);
+        const T sg = c * sigmoid(t);
         S += sg;
         v[i] = -r.scale * sg;  // final gradient of a positive
-    }
+    });
     if (r.g) {
-        T k = r.scale * S / sum;  // exp(x_j - A) = v_j / sum
-        T *g = r.g;
+        const T k = r.scale * S / sum;  // exp(x_j - A) = v_j / sum
+        T *__restrict__ g = r.g;
 #pragma omp simd
-        for (int64_t i = 0; i < C; ++i) g[i] = r.y[i] ? g[i] : k * g[i];
+        for (int64_t i = 0; i < C; ++i) g[i] = y[i] ? g[i] : k * g[i];
     }
     return loss;
 }
@@ -276,14 +306,24 @@ template <class T>
 MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std::vector<T> &gn,
                        std::vector<int64_t> &pidx, std::vector<double> &buf) {
     const int64_t C = r.C;
-    xn.clear();
-    pidx.clear();
+    // branch-free compaction: negatives' logits into xn, positives' columns into pidx
+    if (static_cast<int64_t>(xn.size()) < C) xn.resize(C);
+    if (static_cast<int64_t>(pidx.size()) < C) pidx.resize(C);
     bool nan = false;
-    for (int64_t i = 0; i < C; ++i) {
-        if (r.y[i]) pidx.push_back(i); else xn.push_back(r.x[i]);
-        nan |= r.x[i] != r.x[i];
+    int64_t npos = 0, nneg = 0;
+    {
+        T *__restrict__ xnw = xn.data();
+        int64_t *__restrict__ pw = pidx.data();
+        for (int64_t i = 0; i < C; ++i) {
+            const T xi = r.x[i];
+            const bool p = r.y[i] != 0;
+            xnw[nneg] = xi;
+            pw[npos] = i;
+            nneg += p ? 0 : 1;
+            npos += p ? 1 : 0;
+            nan |= xi != xi;
+        }
     }
-    const int64_t npos = static_cast<int64_t>(pidx.size()), nneg = static_cast<int64_t>(xn.size());
     if (npos == 0 || nneg == 0) { zero_grad(r); return T(0); }
     if (nan) {  // NaN logits propagate (as through torch's relu), loss and gradient
         const T qn = std::numeric_limits<T>::quiet_NaN();
@@ -324,7 +364,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
         return T(loss);
     }
     // sorted: negatives ascending with suffix sums; positives ascending with prefix sums of c
-    std::vector<T> xs(xn);
+    std::vector<T> xs(xn.begin(), xn.begin() + nneg);
     std::sort(xs.begin(), xs.end());
     buf.assign(nneg + 1, 0.0);
     for (int64_t k = 0; k < nneg; ++k) buf[k + 1] = buf[k] + double(xs[k]);
@@ -369,9 +409,9 @@ MMIT_INLINE void run_rows(int kind, const T *x, const uint8_t *y, const T *w, T 
         Row<T> r{x + b * C, y + b * C, w, g ? g + b * C : nullptr, C, scale};
         switch (kind) {
             case BCE: rows[b] = bce_row(r, gn); break;
-            case LSEP: rows[b] = lsep_row(r); break;
-            case WLSEP: rows[b] = wlsep_row(r, false); break;
-            case WLSEP_PAIR: rows[b] = wlsep_row(r, true); break;
+            case LSEP: rows[b] = lsep_row(r, gn); break;
+            case WLSEP: rows[b] = wlsep_row(r, false, gn); break;
+            case WLSEP_PAIR: rows[b] = wlsep_row(r, true, gn); break;
             default: rows[b] = warp_row(r, H, xn, gn, pidx, buf); break;
         }
     }

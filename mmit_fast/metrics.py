@@ -149,7 +149,7 @@ def average_precision_rows(scores: np.ndarray, targets: np.ndarray, chunk: int =
     for a in range(0, n, step):
         s = scores[a:a + step]
         y = targets[a:a + step]
-        order = np.argsort(-s, axis=1, kind="stable")
+        order = np.argsort(-s, axis=1)  # tie order is irrelevant: tie groups are handled below
         ss = np.take_along_axis(s, order, axis=1)
         yy = np.take_along_axis(y, order, axis=1)
         tp = np.cumsum(yy, axis=1, dtype=np.int64)

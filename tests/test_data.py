@@ -45,6 +45,31 @@ def h264_dir(tmp_path_factory):
     return str(d)
 
 
+@pytest.fixture(scope="session")
+def wide_dir(tmp_path_factory):
+    """Non-square footage (ffmpeg test patterns, 96x64 -> short side 64) packed by pack_videos."""
+    import imageio_ffmpeg
+
+    from mmit_fast.pack import pack_videos
+
+    root = tmp_path_factory.mktemp("data_wide")
+    src = root / "src"
+    src.mkdir()
+    rows = []
+    for i in range(4):
+        name = f"clip{i}.mp4"
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc2=size=96x64:rate=25:duration=1.2", "-vf", f"hue=h={40 * i}", "-pix_fmt", "yuv420p",
+                        "-c:v", "libx264", "-preset", "ultrafast", str(src / name)], check=True)
+        rows.append(f"{name},{'a' if i % 2 else 'b'}" + (",c" if i == 3 else ""))
+    (src / "train.csv").write_text("\n".join(rows) + "\n")
+    (src / "cats.txt").write_text("a\nb\nc\n")
+    out = root / "ds"
+    pack_videos(str(src), str(src / "train.csv"), str(src / "cats.txt"), str(out), codec="vp9", short_side=64,
+                seconds=1.2, workers=2, progress=False)
+    return str(out)
+
+
 def read_samples(ds, split):
     """Independent reader: {key: {ext: bytes}} of a split, straight from the tars."""
     m = S.load_manifest(ds)
@@ -246,6 +271,37 @@ def test_dali_cpu_and_pyav_agree_with_resize_flip_and_views(vp9_dir, tmp_path):
     ref, plan = oracle_clip(samples, ld, key, tmp_path)
     assert plan.resize_hw == (48, 48)
     assert psnr(to_u8(batch.video[:1])[0], ref) > 28
+
+
+@needs_dali
+def test_non_square_frames_agree_and_crops_slide(wide_dir, tmp_path):
+    """Wide frames (short side 64): resize keeps the aspect ratio, crops slide along the long
+    side, and DALI CPU and PyAV agree in training (random crops/flips) and 3-crop evaluation."""
+    samples = read_samples(wide_dir, "train")
+    spec = ClipSpec("consecutive", frames=4, stride=3, crop=40, resize=48)
+    for train, views in ((True, 1), (False, 3)):
+        out = {}
+        for backend in ("pyav", "dali"):
+            ld = make_loader(wide_dir, "train", clip=spec, batch_size=4, train=train, backend=backend, num_workers=0,
+                             seed=5, views=views, exact_color=True)
+            out[backend] = next(iter(ld))
+            assert ld.dali_fallbacks == 0
+        a, b = out["pyav"], out["dali"]
+        assert a.keys == b.keys and torch.equal(a.targets, b.targets)
+        assert a.video.shape == (len(a.keys) * views, 3, 4, 40, 40)
+        assert psnr(to_u8(a.video), to_u8(b.video)) > 40
+    # evaluation views: left, centre, right windows of the 48x72 resized frame, cut from ffmpeg's frames
+    key = b.keys[0]
+    meta = json.loads(samples[key]["json"])
+    assert (meta["width"], meta["height"]) == (96, 64)
+    from mmit_fast.data.sampling import plan_views
+
+    plans = plan_views(meta["frames"], 64, 96, meta["fps"], spec, train=False, views=3)
+    assert [p.resize_hw for p in plans] == [(48, 72)] * 3 and [p.crop_yx for p in plans] == [(4, 0), (4, 16), (4, 32)]
+    frames = ffmpeg_frames(samples[key]["mp4"], tmp_path, (48, 72))
+    for v, p in enumerate(plans):
+        ref = frames[p.indices][:, 4: 44, p.crop_yx[1]: p.crop_yx[1] + 40]
+        assert psnr(to_u8(b.video[v: v + 1])[0], ref) > 28
 
 
 def test_h264_pyav_matches_ffmpeg(h264_dir, tmp_path):
