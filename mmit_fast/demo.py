@@ -41,7 +41,7 @@ DEMO_CONFIG: Dict[str, Any] = {
 DEMO_DATA: Dict[str, Any] = {}
 #: --quick: a ~1-minute smoke run
 QUICK_DATA: Dict[str, Any] = {"num_videos": 160, "size": 64, "seconds": 1.0}
-QUICK_CONFIG: Dict[str, Any] = {"epochs": 4, "frames": 4, "stride": 4, "crop": 56, "width": 8, "batch_size": 8,
+QUICK_CONFIG: Dict[str, Any] = {"epochs": 6, "frames": 8, "stride": 2, "crop": 56, "width": 16, "batch_size": 8,
                                 "warmup_epochs": 0.5, "ckpt_every": 0}
 
 

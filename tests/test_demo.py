@@ -15,7 +15,8 @@ from mmit_fast.evaluate import chance_metrics
 
 def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "QUICK_DATA", {"num_videos": 22, "size": 64, "seconds": 1.0})
-    monkeypatch.setattr(demo, "QUICK_CONFIG", dict(demo.QUICK_CONFIG, epochs=1, batch_size=4, num_workers=0, threads=1))
+    monkeypatch.setattr(demo, "QUICK_CONFIG", dict(demo.QUICK_CONFIG, epochs=1, batch_size=4, num_workers=0, threads=1,
+                                                               width=8, frames=4, crop=32))
     out = tmp_path / "demo"
     res = demo.run_demo(out=str(out), quick=True, progress=False, device="cpu")
     printed = capsys.readouterr().out
