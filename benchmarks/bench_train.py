@@ -18,7 +18,6 @@ decodes every batch from the shards (what training gets). Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

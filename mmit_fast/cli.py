@@ -275,8 +275,8 @@ def _add_demo(sub):
         "demo", help="the main job end to end on the synthetic dataset: synth, pack, train, evaluate",
         description="Generate and pack the synthetic Multi-Moving-Shapes dataset, train a small I3D with wLSEP "
                     "(CPU; GPU where present, one process per GPU under torchrun), evaluate on val and test, and "
-                    "print the Table 1-style rows next to the chance level. About 5 minutes on 2 CPU cores; "
-                    "--quick takes about 1 minute.")
+                    "print the Table 1-style rows next to the chance level. About 4 minutes on an idle 2-core CPU "
+                    "(7 on a busy one); --quick takes under 1 minute.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (fewer videos, fewer steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the training run (default: 0)")

@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from ._io import atomic_path, atomic_write_json, atomic_write_text
 

@@ -43,7 +43,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import math
 import os
 import random
@@ -756,7 +755,7 @@ def _train(cfg, device, rank, world, is_main, tqdm) -> Dict[str, Any]:
         "rank": rank, "world_size": world, "samples_seen": seen_samples, "param_digest": digest,
         "steps": step, "device": str(device)})
     summary = {
-        "out": os.path.abspath(out), "steps": step, "epochs_done": epoch, "world_size": world, "device": str(device),
+        "out": os.path.abspath(out), "steps": step, "steps_run": step - start_step, "epochs_done": epoch, "world_size": world, "device": str(device),
         "amp": amp_mode or "off", "elapsed_s": elapsed,
         "steps_per_s": (step - start_step) / elapsed if elapsed > 0 else None,
         "clips_per_s": clips_run / elapsed if elapsed > 0 else None,
@@ -814,7 +813,7 @@ def run_cli(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> int
         return 4
     if dist_env()[0] == 0:
         best = summary.get("best") or {}
-        msg = f"mmit train: {summary['steps']} steps in {summary['elapsed_s']:.1f}s"
+        msg = f"mmit train: {summary['steps_run']} steps in {summary['elapsed_s']:.1f}s (step {summary['steps']})"
         if summary.get("clips_per_s"):
             msg += f" ({summary['clips_per_s']:.1f} clips/s)"
         if best.get("value") is not None:

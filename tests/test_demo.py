@@ -23,7 +23,7 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| val | I3D-R18w8 | wLSEP |" in printed and "| test | chance |" in printed
     assert (out / "demo_report.md").read_text().startswith("# mmit demo")
     summary = json.load(open(out / "demo_summary.json"))
-    assert summary["train"]["steps"] >= 1 and os.path.exists(summary["checkpoint"])
+    assert summary["train"]["steps"] >= 1 and os.path.exists(summary["checkpoint"]) and res["checkpoint"] == summary["checkpoint"]
     for split in ("val", "test"):
         r = summary["results"][split]
         assert r["num_videos"] > 0 and 0 <= r["micro_map"] <= 1
