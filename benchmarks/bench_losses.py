@@ -53,7 +53,7 @@ PEAK_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 
 # ---------------------------------------------------------------------------- machine
 def machine_info(device):
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads()}
     model = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -203,9 +203,14 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.25, help="CPU: seconds of repetitions per case")
     ap.add_argument("--max-reps", type=int, default=30)
     ap.add_argument("--peak-gbs", type=float, default=None, help="device peak memory bandwidth, GB/s")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch and the C++ kernel (default: all cores)")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/losses_<device>)")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["MMIT_CPP_THREADS"] = str(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
@@ -337,7 +342,7 @@ def to_markdown(out):
     m = out["machine"]
     dev = m.get("gpu") if out["device"] == "cuda" else m.get("cpu")
     head = [f"# Loss benchmark ({out['device']})", "",
-            f"Machine: **{dev}**, {m.get('cpu_cores')} CPU cores ({m.get('cpu')}), torch {m.get('torch')}"
+            f"Machine: **{dev}**, {m.get('cpu_cores')} CPU cores ({m.get('cpu')}), {m.get('threads')} thread(s) used, torch {m.get('torch')}"
             + (f", CUDA {m.get('cuda')}, triton {m.get('triton')}" if out["device"] == "cuda" else "")
             + (f"; load average at start {tuple(round(v, 1) for v in m['load_avg_at_start'])}" if m.get("load_avg_at_start") else "")
             + f"; C++ kernels AVX2: {m.get('cpp_avx2')}. Run time {out['elapsed_s']} s.", "",

@@ -252,7 +252,10 @@ def forward(model: nn.Module, batch, modality: str) -> torch.Tensor:
             raise RuntimeError("the audio model got a batch without audio (loader with_audio=False?)")
         return model(batch.audio)
     if modality == "audio-video":
-        return model(batch.video, batch.audio)
+        has_audio = batch.has_audio
+        if has_audio is not None and batch.video.shape[0] != has_audio.shape[0]:   # views: B*V video rows
+            has_audio = has_audio.repeat_interleave(batch.video.shape[0] // has_audio.shape[0])
+        return model(batch.video, batch.audio, has_audio)
     return model(batch.video)
 
 
@@ -510,7 +513,9 @@ def _train(cfg, device, rank, world, is_main, tqdm) -> Dict[str, Any]:
             p.requires_grad_(id(p) in head_ids)
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
+        from .models import to_channels_last
+
+        model = to_channels_last(model)
     modality = model_modality(model)
     with_audio = cfg.with_audio if cfg.with_audio is not None else modality != "video"
 

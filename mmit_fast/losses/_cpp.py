@@ -6,8 +6,11 @@ and bfloat16 logits are widened first, the gradient is narrowed back) or in floa
 float64 logits -- the float64 instantiation is what ``gradcheck`` exercises. Buffers cross
 into C++ through the buffer protocol without copies (``Tensor.numpy()`` views); the
 outputs are allocated here, as torch tensors, and filled in place by the kernel.
+Threads: OpenMP's default (``OMP_NUM_THREADS``), or ``MMIT_CPP_THREADS`` if set.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -40,7 +43,8 @@ def _run(name, logits, targets, weights, need_grad, scale):
     w = None if weights is None else weights.detach().to(acc).contiguous().numpy()
     rows = torch.empty(x.shape[0], dtype=acc)
     g = torch.empty_like(x) if need_grad else None
-    _ext.loss_rows(name, x.numpy(), y.numpy(), w, rows.numpy(), None if g is None else g.numpy(), float(scale), 0)
+    threads = int(os.environ.get("MMIT_CPP_THREADS", "0") or 0)  # 0: OpenMP's default
+    _ext.loss_rows(name, x.numpy(), y.numpy(), w, rows.numpy(), None if g is None else g.numpy(), float(scale), threads)
     if g is not None and g.dtype != logits.dtype:
         g = g.to(logits.dtype)
     return rows, g

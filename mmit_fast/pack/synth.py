@@ -283,8 +283,8 @@ def _background(scene: int, size: int, seed: int) -> np.ndarray:
     base = rng.uniform(35, 75, size=3).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     name = SCENES[scene]
-    if name == "plain":
-        pat = np.zeros((size, size), np.float32)
+    if name == "plain":   # flat colour with a faint vertical shading: never a constant frame
+        pat = (yy / max(size - 1, 1) - 0.5) * 8
     elif name == "noise":
         n = rng.normal(0, 1, size=(size // 8 + 2, size // 8 + 2)).astype(np.float32)
         pat = np.kron(n, np.ones((8, 8), np.float32))[:size, :size] * 7
