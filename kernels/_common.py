@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG_BIG = -1.0e30  # finite "minus infinity" for running maxima (exp(NEG_BIG - m) = 0, no NaN)
+NEG_BIG = tl.constexpr(-1.0e30)  # (constexpr: usable inside @jit) finite "minus infinity" for running maxima (exp(NEG_BIG - m) = 0, no NaN)
 
 # the largest row handled in registers in one block; longer rows loop over column blocks
 MAX_SINGLE_BLOCK = 8192
