@@ -7,7 +7,7 @@ gradients); it shares no code with the three backends under test:
   * ``triton`` -- the fused Triton kernels, run on CPU tensors under TRITON_INTERPRET=1
     (set by conftest.py before anything imports the kernels).
 
-Tolerances (documented in docs/losses.md): float32 inputs rtol 2e-5 with an absolute floor
+Tolerances (documented in the README, section "Losses"): float32 inputs rtol 2e-5 with an absolute floor
 of 2e-5 x the largest reference value of the quantity; float16 gradients rtol 2e-3, bfloat16
 1.6e-2 (the gradient is stored in the logits' dtype; the reference is computed from the
 same rounded logits, so only the kernels' own error is measured).

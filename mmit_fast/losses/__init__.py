@@ -9,7 +9,7 @@ crit = get_loss("wlsep", weights=class_weights(counts, scheme="min_ratio"))
 Backends (one dispatch point, ``function.select_backend``): fused Triton kernels on CUDA,
 the C++/OpenMP kernel (``mmit_fast._C``) on CPU, plain PyTorch as the fallback; explicit
 ``backend=`` > ``MMIT_LOSS_BACKEND`` > device. ``reference`` holds the float64 pairwise
-oracle used by the tests and benchmarks. See docs/losses.md.
+oracle used by the tests and benchmarks. See the README section "Losses".
 """
 from .function import BACKENDS, select_backend
 from .functional import (LOSSES, BCELoss, LSEPLoss, WARPLoss, WLSEPLoss, bce_loss, get_loss, lsep_loss, warp_loss,
