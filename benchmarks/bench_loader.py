@@ -35,17 +35,11 @@ from mmit_fast.data import ClipSpec, make_loader  # noqa: E402
 from mmit_fast.data.sampling import frame_indices, resized_size  # noqa: E402
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/_machine.py)
+
 # --------------------------------------------------------------------------- machine
 def machine_info(device: str):
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     info = {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
     try:
         import nvidia.dali as dali

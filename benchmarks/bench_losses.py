@@ -50,19 +50,13 @@ PEAK_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 
             "L4": 300.0, "T4": 320.0, "RTX 4090": 1008.0, "RTX 3090": 936.0}
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/_machine.py)
+
 # ---------------------------------------------------------------------------- machine
 def machine_info(device):
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads()}
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     info["cpu"] = model
     try:
         info["load_avg_at_start"] = os.getloadavg()

@@ -35,16 +35,10 @@ from mmit_fast.pack import pack_videos  # noqa: E402
 from mmit_fast.pack.transcode import EncodeSpec, ffmpeg_exe, probe, run_ffmpeg, transcode_args  # noqa: E402
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/_machine.py)
+
 def machine():
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "host": socket.gethostname(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
     try:

@@ -40,16 +40,10 @@ MODES = {
 }
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/_machine.py)
+
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():

@@ -416,16 +416,8 @@ class _SynthJob:
             "labels": [CLASSES[i] for i in ids],
             "label_ids": ids,
             "present": [CLASSES[i] for i in r["present"]],
-            "fps": clip.fps,
-            "frames": clip.frames,
-            "width": clip.width,
-            "height": clip.height,
-            "duration": round(clip.duration, 6),
-            "has_audio": clip.audio is not None,
-            "audio_samples": clip.audio_samples,
-            "split": self.split,
-            "codec": self.spec.codec,
             "synth_index": index,
+            **clip.meta(self.split, self.spec.codec),
         }
         return make_sample(job.key, meta, clip.video, ids, audio=clip.audio, audio_ext=self.spec.audio_format,
                            extra={S.GT_EXT: _npz_bytes(r["gt"])})

@@ -305,6 +305,20 @@ class EncodedClip:
     def duration(self) -> float:
         return self.frames / self.fps
 
+    def meta(self, split: str, codec: str) -> dict:
+        """The clip's fields of a sample's ``<key>.json`` (see ``shards.SAMPLE_META_FIELDS``)."""
+        return {
+            "fps": self.fps,
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "duration": round(self.duration, 6),
+            "has_audio": self.audio is not None,
+            "audio_samples": self.audio_samples,
+            "split": split,
+            "codec": codec,
+        }
+
 
 # --------------------------------------------------------------------------- decoding (validation)
 def decode_video_bytes(data: bytes, where: str = "video", keep: bool = False):

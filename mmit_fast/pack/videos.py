@@ -28,17 +28,9 @@ class _TranscodeJob:
             "source": ann.path,
             "labels": list(ann.labels),
             "label_ids": list(ann.label_ids),
-            "fps": clip.fps,
-            "frames": clip.frames,
-            "width": clip.width,
-            "height": clip.height,
-            "duration": round(clip.duration, 6),
-            "has_audio": clip.audio is not None,
-            "audio_samples": clip.audio_samples,
-            "split": self.split,
             "row": ann.index,
             "line": ann.line,
-            "codec": self.spec.codec,
+            **clip.meta(self.split, self.spec.codec),
         }
         if ann.dropped:
             meta["dropped_labels"] = list(ann.dropped)
