@@ -325,6 +325,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, ValueError) as e:
+        # bad input (a missing file, a malformed manifest/shard/config, a bad flag value):
+        # the message names the file or sample; MMIT_DEBUG=1 shows the traceback too
+        if os.environ.get("MMIT_DEBUG"):
+            raise
+        print(f"mmit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 
