@@ -320,6 +320,20 @@ def test_modules_and_get_loss():
         get_loss("warp", reduction="avg")
 
 
+def test_modules_check_weights_once_at_construction():
+    """Bad class weights fail when the module is built (not at every step), naming the entry."""
+    with pytest.raises(ValueError, match=r"WLSEPLoss: weights must be >= 0; weights\[2\]"):
+        get_loss("wlsep", weights=[1.0, 0.5, -0.1])
+    with pytest.raises(ValueError, match="BCELoss: weights contain NaN"):
+        get_loss("bce", weights=[1.0, float("nan")])
+    with pytest.raises(ValueError, match="1-D"):
+        get_loss("lsep", weights=torch.ones(2, 3))
+    crit = get_loss("warp", weights=torch.ones(4))
+    x, y, _ = make_case(3, 5, seed=3)
+    with pytest.raises(ValueError, match=r"one entry per class \(5\)"):   # length needs C: checked per call
+        crit(x, y)
+
+
 # ------------------------------------------------------------------ dispatch
 def test_dispatch_rule(monkeypatch):
     x = torch.zeros(2, 3)

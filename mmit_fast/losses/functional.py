@@ -42,7 +42,17 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _validate(name, logits, targets, weights, reduction, check_finite):
+def _check_weight_values(name, w):
+    """Finite and non-negative (one host sync); modules run it once, at construction."""
+    finite, nonneg = torch.isfinite(w).all(), (w >= 0).all()
+    if not bool(finite):
+        raise ValueError(f"{name}: weights contain NaN or Inf")
+    if not bool(nonneg):
+        k = int((w < 0).nonzero()[0])
+        raise ValueError(f"{name}: weights must be >= 0; weights[{k}] = {w[k].item()}")
+
+
+def _validate(name, logits, targets, weights, reduction, check_finite, weights_checked=False):
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(targets, torch.Tensor):
@@ -76,16 +86,13 @@ def _validate(name, logits, targets, weights, reduction, check_finite):
     if w.dim() != 1 or w.shape[0] != C:
         raise ValueError(f"{name}: weights must have one entry per class ({C}), got shape {tuple(w.shape)}")
     w = w.detach().to(device=logits.device, dtype=acc).contiguous()
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{name}: weights contain NaN or Inf")
-    if bool((w < 0).any()):
-        k = int((w < 0).nonzero()[0])
-        raise ValueError(f"{name}: weights must be >= 0; weights[{k}] = {w[k].item()}")
+    if not weights_checked:
+        _check_weight_values(name, w)
     return w
 
 
-def _run(name, kernel, logits, targets, weights, reduction, backend, check_finite, pair=False):
-    w = _validate(name, logits, targets, weights, reduction, check_finite)
+def _run(name, kernel, logits, targets, weights, reduction, backend, check_finite, pair=False, weights_checked=False):
+    w = _validate(name, logits, targets, weights, reduction, check_finite, weights_checked)
     pair_count = None
     if pair and reduction == "mean":
         pair_count = max(float(targets.sum()), 1.0)
@@ -123,7 +130,10 @@ def wlsep_loss(logits, targets, weights=None, reduction="mean", normalize="row",
 
 
 class _Loss(nn.Module):
-    _fn = None
+    """Base of the loss modules. The class weights are checked (finite, >= 0) once, here, so
+    that a training step on the GPU does not pay a host sync for them on every call."""
+
+    _name = _kernel = None
 
     def __init__(self, weights=None, reduction: str = "mean", *, backend: Optional[str] = None,
                  check_finite: bool = False):
@@ -132,16 +142,20 @@ class _Loss(nn.Module):
             raise ValueError(f"{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32).detach().clone()
+            if weights.dim() != 1:
+                raise ValueError(f"{type(self).__name__}: weights must be 1-D (one per class), got shape {tuple(weights.shape)}")
+            _check_weight_values(type(self).__name__, weights)
         self.register_buffer("weights", weights)
         self.reduction = reduction
         self.backend = backend
         self.check_finite = check_finite
 
-    def _kw(self):
-        return dict(backend=self.backend, check_finite=self.check_finite)
+    def _call(self, kernel, logits, targets, pair=False):
+        return _run(self._name, kernel, logits, targets, self.weights, self.reduction, self.backend,
+                    self.check_finite, pair=pair, weights_checked=True)
 
     def forward(self, logits, targets):
-        return type(self)._fn(logits, targets, self.weights, self.reduction, **self._kw())
+        return self._call(self._kernel, logits, targets)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, weighted={self.weights is not None}, backend={self.backend!r}"
@@ -149,21 +163,22 @@ class _Loss(nn.Module):
 
 class BCELoss(_Loss):
     """``nn.Module`` of :func:`bce_loss`."""
-    _fn = staticmethod(bce_loss)
+    _name, _kernel = "BCELoss", "bce"
 
 
 class WARPLoss(_Loss):
     """``nn.Module`` of :func:`warp_loss`."""
-    _fn = staticmethod(warp_loss)
+    _name, _kernel = "WARPLoss", "warp"
 
 
 class LSEPLoss(_Loss):
     """``nn.Module`` of :func:`lsep_loss`."""
-    _fn = staticmethod(lsep_loss)
+    _name, _kernel = "LSEPLoss", "lsep"
 
 
 class WLSEPLoss(_Loss):
     """``nn.Module`` of :func:`wlsep_loss` (``normalize='row'|'pair'``)."""
+    _name, _kernel = "WLSEPLoss", "wlsep"
 
     def __init__(self, weights=None, reduction: str = "mean", normalize: str = "row", **kw):
         super().__init__(weights, reduction, **kw)
@@ -172,7 +187,8 @@ class WLSEPLoss(_Loss):
         self.normalize = normalize
 
     def forward(self, logits, targets):
-        return wlsep_loss(logits, targets, self.weights, self.reduction, self.normalize, **self._kw())
+        pair = self.normalize == "pair"
+        return self._call("wlsep_pair" if pair else "wlsep", logits, targets, pair=pair)
 
     def extra_repr(self):
         return super().extra_repr() + f", normalize={self.normalize!r}"
