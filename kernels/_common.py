@@ -36,6 +36,25 @@ def sigmoid(z):
     return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+@triton.jit
+def load_cols(xrow, yrow, cc, C):
+    """One block ``cc`` of a row: (in-bounds mask, logits as float32, positive mask)."""
+    inb = cc < C
+    x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
+    yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+    return inb, x, yv
+
+
+@triton.jit
+def load_weights(W, cc, inb, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+    """Class weights of block ``cc`` as float32 (ones without weights)."""
+    if HAS_W:
+        w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
+    else:
+        w = tl.full([BLOCK], 1.0, tl.float32)
+    return w
+
+
 def pick_block(C, block=None):
     """(BLOCK, SINGLE): one register block for the whole row when C <= MAX_SINGLE_BLOCK."""
     if block is not None:
@@ -73,3 +92,19 @@ def _interpreting():
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def row_buffers(logits, targets, weights, need_grad):
+    """The tensors every row kernel takes: ``(x, y, w, rows, g)``.
+
+    ``x`` contiguous logits, ``y`` targets as the kernel reads them, ``rows`` the [B] float32 row
+    losses, ``g`` the gradient in the logits' dtype; a pointer the kernel never reads (``w``
+    without weights, ``g`` without gradient) aliases ``rows``.
+    """
+    check_device(logits)
+    x = logits.contiguous()
+    rows = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    g = torch.empty_like(x) if need_grad else rows
+    w = weights.contiguous() if weights is not None else rows
+    return x, targets_arg(targets), w, rows, g
+

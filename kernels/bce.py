@@ -4,11 +4,10 @@ Per row: ``L = sum_i w_i (softplus(x_i) - y_i x_i)`` (= -sum w [y log s + (1-y) 
 paper eq. 1), ``dL/dx_i = w_i (sigmoid(x_i) - y_i)``; one exp per element shared by the
 softplus and the sigmoid. Loops over column blocks (any C); float32 accumulation.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import check_device, num_warps_for, pick_block, targets_arg
+from ._common import num_warps_for, pick_block, row_buffers
 
 __all__ = ["bce"]
 
@@ -41,13 +40,8 @@ def _bce_kernel(X, Y, W, LOSS, G, C, scale, HAS_W: tl.constexpr, NEED_GRAD: tl.c
 
 
 def bce(logits, targets, weights, need_grad, scale=1.0, block=None):
-    check_device(logits)
-    x = logits.contiguous()
+    x, y, w, rows, g = row_buffers(logits, targets, weights, need_grad)
     B, C = x.shape
-    y = targets_arg(targets)
-    rows = torch.empty(B, dtype=torch.float32, device=x.device)
-    g = torch.empty_like(x) if need_grad else rows
-    w = weights.contiguous() if weights is not None else rows
     BLOCK, _ = pick_block(C, block)
     BLOCK = min(BLOCK, 4096)
     if B > 0:

@@ -12,11 +12,11 @@ written once. Longer rows loop over column blocks: an online (max-rescaled) log-
 pass, then (wLSEP) a pass for the positives' sum, then the gradient pass. Nothing of size
 C x C exists anywhere. Accumulation in float32; the gradient is stored in the logits' dtype.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import NEG_BIG, check_device, num_warps_for, pick_block, sigmoid, softplus, targets_arg
+from ._common import (NEG_BIG, load_cols, load_weights, num_warps_for, pick_block, sigmoid, softplus,
+                      row_buffers)
 
 __all__ = ["lsep", "wlsep", "wlsep_pair"]
 
@@ -31,9 +31,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb = cols < C
-        x = tl.load(xrow + cols, mask=inb, other=0.0).to(tl.float32)
-        yv = tl.load(yrow + cols, mask=inb, other=0) != 0
+        inb, x, yv = load_cols(xrow, yrow, cols, C)
         pos = yv & inb
         neg = (yv == 0) & inb
         npos = tl.sum(pos.to(tl.int32), 0)
@@ -43,10 +41,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
         ssum = tl.sum(e, 0)
         A = m + tl.log(ssum)
         valid = (npos > 0) & (nneg > 0)
-        if HAS_W:
-            c = tl.load(W + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            c = tl.full([BLOCK], 1.0, tl.float32)
+        c = load_weights(W, cols, inb, HAS_W, BLOCK)
         if not PAIR:
             c = c / tl.maximum(npos, 1).to(tl.float32)
         live = pos & valid
@@ -66,9 +61,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
         nneg = tl.full((), 0, tl.int32)
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
-            inb = cc < C
-            x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-            yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+            inb, x, yv = load_cols(xrow, yrow, cc, C)
             neg = (yv == 0) & inb
             npos += tl.sum((yv & inb).to(tl.int32), 0)
             nneg += tl.sum(neg.to(tl.int32), 0)
@@ -83,14 +76,9 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
         S = tl.full((), 0.0, tl.float32)
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
-            inb = cc < C
-            x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-            yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+            inb, x, yv = load_cols(xrow, yrow, cc, C)
             live = yv & inb & valid
-            if HAS_W:
-                c = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
-            else:
-                c = tl.full([BLOCK], 1.0, tl.float32)
+            c = load_weights(W, cc, inb, HAS_W, BLOCK)
             if not PAIR:
                 c = c * inv
             t = A - x
@@ -101,15 +89,10 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
             # pass 3: the gradient
             for b0 in range(0, C, BLOCK):
                 cc = b0 + cols
-                inb = cc < C
-                x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                inb, x, yv = load_cols(xrow, yrow, cc, C)
                 neg = (yv == 0) & inb
                 live = yv & inb & valid
-                if HAS_W:
-                    c = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
-                else:
-                    c = tl.full([BLOCK], 1.0, tl.float32)
+                c = load_weights(W, cc, inb, HAS_W, BLOCK)
                 if not PAIR:
                     c = c * inv
                 gneg = S * tl.exp(tl.where(neg, x - A, NEG_BIG))
@@ -126,17 +109,11 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb = cols < C
-        x = tl.load(xrow + cols, mask=inb, other=0.0).to(tl.float32)
-        yv = tl.load(yrow + cols, mask=inb, other=0) != 0
+        inb, x, yv = load_cols(xrow, yrow, cols, C)
         pos = yv & inb
         neg = (yv == 0) & inb
-        if HAS_W:
-            w = tl.load(W + cols, mask=inb, other=0.0).to(tl.float32)
-            pw = pos & (w > 0)
-        else:
-            w = tl.full([BLOCK], 1.0, tl.float32)
-            pw = pos
+        w = load_weights(W, cols, inb, HAS_W, BLOCK)
+        pw = pos & (w > 0)
         mA = tl.max(tl.where(neg, x, NEG_BIG), 0)
         mB = tl.max(tl.where(pw, -x, NEG_BIG), 0)
         # one exp per element: negatives exp(x - mA), positives exp(-x - mB)
@@ -162,17 +139,11 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
         sB = tl.full((), 0.0, tl.float32)
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
-            inb = cc < C
-            x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-            yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+            inb, x, yv = load_cols(xrow, yrow, cc, C)
             pos = yv & inb
             neg = (yv == 0) & inb
-            if HAS_W:
-                w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
-                pw = pos & (w > 0)
-            else:
-                w = tl.full([BLOCK], 1.0, tl.float32)
-                pw = pos
+            w = load_weights(W, cc, inb, HAS_W, BLOCK)
+            pw = pos & (w > 0)
             mA_new = tl.maximum(mA, tl.max(tl.where(neg, x, NEG_BIG), 0))
             mB_new = tl.maximum(mB, tl.max(tl.where(pw, -x, NEG_BIG), 0))
             e = tl.exp(tl.where(neg, x - mA_new, tl.where(pw, -x - mB_new, NEG_BIG)))
@@ -190,17 +161,11 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
             s = tl.where(valid, sigmoid(z) * scale, 0.0)
             for b0 in range(0, C, BLOCK):
                 cc = b0 + cols
-                inb = cc < C
-                x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                inb, x, yv = load_cols(xrow, yrow, cc, C)
                 pos = yv & inb
                 neg = (yv == 0) & inb
-                if HAS_W:
-                    w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
-                    pw = pos & (w > 0)
-                else:
-                    w = tl.full([BLOCK], 1.0, tl.float32)
-                    pw = pos
+                w = load_weights(W, cc, inb, HAS_W, BLOCK)
+                pw = pos & (w > 0)
                 e = tl.exp(tl.where(neg, x - A, tl.where(pw, -x - Bv, NEG_BIG)))
                 g = tl.where(neg, s * e, tl.where(pw, -s * w * e, 0.0))
                 g = tl.where(valid, g, 0.0)
@@ -208,13 +173,8 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
 
 
 def _launch(kernel, logits, targets, weights, need_grad, scale, block, **flags):
-    check_device(logits)
-    x = logits.contiguous()
+    x, y, w, rows, g = row_buffers(logits, targets, weights, need_grad)
     B, C = x.shape
-    y = targets_arg(targets)
-    rows = torch.empty(B, dtype=torch.float32, device=x.device)
-    g = torch.empty_like(x) if need_grad else rows  # G unused when not NEED_GRAD
-    w = weights.contiguous() if weights is not None else rows
     BLOCK, SINGLE = pick_block(C, block)
     if B > 0:
         kernel[(B,)](x, y, w, rows, g, C, float(scale), HAS_W=weights is not None, NEED_GRAD=bool(need_grad),

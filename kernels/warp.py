@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_device, num_warps_for, pick_block, targets_arg
+from ._common import load_cols, load_weights, num_warps_for, pick_block, row_buffers
 
 __all__ = ["warp"]
 
@@ -33,18 +33,13 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb = cols < C
-        x = tl.load(xrow + cols, mask=inb, other=0.0).to(tl.float32)
-        yv = tl.load(yrow + cols, mask=inb, other=0) != 0
+        inb, x, yv = load_cols(xrow, yrow, cols, C)
         pos = yv & inb
         neg = (yv == 0) & inb
         npos = tl.sum(pos.to(tl.int32), 0)
         nneg = tl.sum(neg.to(tl.int32), 0)
         nloop = tl.where(nneg > 0, npos, 0)  # no negative: nothing to rank, loss 0
-        if HAS_W:
-            w = tl.load(W + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            w = tl.full([BLOCK], 1.0, tl.float32)
+        w = load_weights(W, cols, inb, HAS_W, BLOCK)
         inv = 1.0 / tl.maximum(npos, 1).to(tl.float32)
         loss = tl.full((), 0.0, tl.float32)
         g = tl.zeros([BLOCK], tl.float32)
@@ -117,9 +112,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                 Sv = tl.zeros([BLOCK], tl.float32)
                 for b0 in range(0, C, BLOCK):
                     cc = b0 + cols
-                    inb = cc < C
-                    x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                    yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                    inb, x, yv = load_cols(xrow, yrow, cc, C)
                     mg = 1.0 + x - xi
                     viol = (yv == 0) & inb & (mg > 0)
                     Rv += viol.to(tl.int32)
@@ -140,9 +133,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                 # negatives: sum of c_i over the positives they violate
                 for b0 in range(0, C, BLOCK):
                     cc = b0 + cols
-                    inb = cc < C
-                    x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                    yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                    inb, x, yv = load_cols(xrow, yrow, cc, C)
                     neg = (yv == 0) & inb
                     gacc = tl.zeros([BLOCK], tl.float32)
                     for k in range(npos):
@@ -156,9 +147,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
             # positives over a loop on the negatives; then one pass over the columns per negative
             for b0 in range(0, C, BLOCK):
                 cc = b0 + cols
-                inb = cc < C
-                x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                inb, x, yv = load_cols(xrow, yrow, cc, C)
                 pos = yv & inb
                 Rv = tl.zeros([BLOCK], tl.int32)
                 Sv = tl.zeros([BLOCK], tl.float32)
@@ -169,10 +158,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                     viol = pos & (mg > 0)
                     Rv += viol.to(tl.int32)
                     Sv += tl.where(pos & ((mg > 0) | (mg != mg)), mg, 0.0)
-                if HAS_W:
-                    w = tl.load(W + cc, mask=inb, other=0.0).to(tl.float32)
-                else:
-                    w = tl.full([BLOCK], 1.0, tl.float32)
+                w = load_weights(W, cc, inb, HAS_W, BLOCK)
                 cv = tl.where(pos, w * tl.load(H + Rv, mask=pos, other=0.0) * inv, 0.0)
                 loss += tl.sum(cv * Sv, 0)
                 if NEED_GRAD:
@@ -186,9 +172,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                     gv = tl.zeros([BLOCK], tl.float32)
                     for b0 in range(0, C, BLOCK):
                         cc = b0 + cols
-                        inb = cc < C
-                        x = tl.load(xrow + cc, mask=inb, other=0.0).to(tl.float32)
-                        yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+                        inb, x, yv = load_cols(xrow, yrow, cc, C)
                         cv = tl.load(crow + cc, mask=inb, other=0.0)
                         gv += tl.where(yv & inb & (1.0 + xj - x > 0), cv, 0.0)
                     tl.store(grow + j, (tl.sum(gv, 0) * scale).to(G.dtype.element_ty))
@@ -213,13 +197,8 @@ def _harmonic(C, device):
 
 
 def warp(logits, targets, weights, need_grad, scale=1.0, block=None):
-    check_device(logits)
-    x = logits.contiguous()
+    x, y, w, rows, g = row_buffers(logits, targets, weights, need_grad)
     B, C = x.shape
-    y = targets_arg(targets)
-    rows = torch.empty(B, dtype=torch.float32, device=x.device)
-    g = torch.empty_like(x) if need_grad else rows
-    w = weights.contiguous() if weights is not None else rows
     BLOCK, SINGLE = pick_block(C, block)
     if SINGLE:
         idx = cbuf = rows  # unused
