@@ -13,7 +13,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -46,6 +46,17 @@ ext_modules = [
     )
 ]
 
+_DATA = ["webdataset>=0.2.90", "ffmpeg-python>=0.2", "imageio-ffmpeg>=0.5", "av>=12", "tqdm>=4.60"]
+EXTRAS = {
+    "data": _DATA,                                                   # pack, synth, inspect, loaders
+    "train": _DATA + ["pyyaml>=6", "tensorboard>=2.12"],             # train, finetune, eval, demo
+    "interpret": ["matplotlib>=3.6", "pillow>=9"],                   # cam, dissect, predict, report
+    "export": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.17"],  # export to ONNX (+ its check)
+    "dali": ["nvidia-dali-cuda120>=1.40"],                           # DALI loader (CPU and GPU)
+    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11"],
+}
+EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"]))
+
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     long_description = f.read()
 
@@ -56,36 +67,21 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[
-        "mmit_fast",
-        "mmit_fast.pack",
-        "mmit_fast.data",
-        "mmit_fast.models",
-        "mmit_fast.losses",
-        "mmit_fast.interpret",
-        "mmit_fast.kernels",
-    ],
+    # every sub-package of mmit_fast (train/, interpret/, ... as they are added), and the
+    # Triton sources of kernels/ installed as mmit_fast.kernels
+    packages=find_packages(include=["mmit_fast", "mmit_fast.*"]) + ["mmit_fast.kernels"],
     package_dir={"mmit_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
+    # The core is what the losses need (a user who drops wlsep_loss into their own code installs
+    # only this); every other capability is a named extra, and a verb whose extra is missing
+    # says which one to install.
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
         "numpy>=1.23",
-        "webdataset>=0.2.90",
-        "ffmpeg-python>=0.2",
-        "imageio-ffmpeg>=0.5",
-        "av>=12",
-        "tqdm>=4.60",
-        "pyyaml>=6",
-        "matplotlib>=3.6",
-        "tensorboard>=2.12",
-        "pybind11>=2.10",
     ],
-    extras_require={
-        "dali": ["nvidia-dali-cuda120>=1.40"],
-        "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11"],
-    },
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["mmit = mmit_fast.cli:main"]},
     zip_safe=False,
 )

@@ -20,3 +20,25 @@ def load_average():
         return os.getloadavg()
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------- where results go
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SCRATCH = os.path.join(RESULTS, "tmp")  # git-ignored
+
+
+def add_output_args(parser) -> None:
+    """The flags every benchmark shares: ``--save`` (update the committed ``benchmarks/results/``)
+    and ``--out DIR`` (anywhere else). Without either, results go to the git-ignored scratch
+    folder ``benchmarks/results/tmp/`` so a user's run never rewrites the committed figures."""
+    parser.add_argument("--save", action="store_true",
+                        help="write the result files into benchmarks/results/ (the committed figures)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the result files (default benchmarks/results/tmp/, git-ignored)")
+
+
+def results_dir(args) -> str:
+    """The folder chosen by :func:`add_output_args`' flags, created."""
+    d = args.out or (RESULTS if getattr(args, "save", False) else SCRATCH)
+    os.makedirs(d, exist_ok=True)
+    return d

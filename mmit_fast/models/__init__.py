@@ -10,6 +10,7 @@ See :mod:`mmit_fast.models.base` for the shared interface and
 :mod:`mmit_fast.models.registry` for the names and the pretrained-weights rules.
 """
 from .base import ClipClassifier, read_state_dict, replace_classifier
+from .checkpoint import CheckpointError, from_checkpoint, read_checkpoint
 from .fusion import Fusion
 from .registry import MODELS, count_flops, count_params, create_model, load_pretrained, run_model, to_channels_last
 from .resnet2d import ResNet2d, resnet2d
@@ -18,7 +19,7 @@ from .soundnet import MIN_SAMPLES, SAMPLE_RATE, SoundNet
 from .tsm import TSM, temporal_shift
 
 __all__ = [
-    "ClipClassifier", "create_model", "MODELS", "load_pretrained", "run_model", "replace_classifier",
+    "ClipClassifier", "create_model", "from_checkpoint", "read_checkpoint", "CheckpointError", "MODELS", "load_pretrained", "run_model", "replace_classifier",
     "read_state_dict", "to_channels_last", "count_flops", "count_params", "I3D", "inflate_from_2d", "TSM", "temporal_shift",
     "SoundNet", "SAMPLE_RATE", "MIN_SAMPLES", "Fusion", "ResNet2d", "resnet2d",
 ]

@@ -79,13 +79,9 @@ def read_state_dict(path_or_sd: Any) -> Dict[str, torch.Tensor]:
                 f"pretrained weights {src!r}: no such file (weights are never downloaded; "
                 "pass a local file or train from scratch with pretrained=None)"
             )
-        try:
-            sd = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickled objects beyond tensors/dicts
-            try:
-                sd = torch.load(src, map_location="cpu", weights_only=False)
-            except Exception:
-                raise ValueError(f"pretrained weights {src!r}: cannot read it with torch.load: {e}") from e
+        from .checkpoint import safe_torch_load  # weights_only=True, never an unsafe fallback
+
+        sd = safe_torch_load(src)
     for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
         if not isinstance(sd, Mapping):
             break
