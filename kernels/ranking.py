@@ -10,19 +10,20 @@ Per row (paper.md section 2; x logits, Y positives, N negatives, w class weights
 Rows with C <= MAX_SINGLE_BLOCK live in registers: the row is read once and the gradient
 written once. Longer rows loop over column blocks: an online (max-rescaled) log-sum-exp
 pass, then (wLSEP) a pass for the positives' sum, then the gradient pass. Nothing of size
-C x C exists anywhere. Accumulation in float32; the gradient is stored in the logits' dtype.
+C x C exists anywhere. Accumulation in float32; the gradient is stored in float32 for float16 /
+bfloat16 logits, else in the logits' dtype. The first pass also checks the targets (``_common``).
 """
 import triton
 import triton.language as tl
 
-from ._common import (NEG_BIG, load_cols, load_weights, num_warps_for, pick_block, sigmoid, softplus,
-                      row_buffers)
+from ._common import (NAN, NEG_BIG, finish, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
+                      report_bad, row_buffers, sigmoid, softplus)
 
 __all__ = ["lsep", "wlsep", "wlsep_pair"]
 
 
 @triton.jit
-def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
+def _wlsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
                   HAS_W: tl.constexpr, PAIR: tl.constexpr, NEED_GRAD: tl.constexpr,
                   BLOCK: tl.constexpr, SINGLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -31,7 +32,8 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb, x, yv = load_cols(xrow, yrow, cols, C)
+        inb, x, yv, badc = load_cols_checked(xrow, yrow, cols, C)
+        rowbad = badc < C
         pos = yv & inb
         neg = (yv == 0) & inb
         npos = tl.sum(pos.to(tl.int32), 0)
@@ -47,21 +49,25 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
         live = pos & valid
         t = A - x
         loss = tl.sum(tl.where(live, c * softplus(t), 0.0), 0)
-        tl.store(LOSS + row, loss)
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
         if NEED_GRAD:
             sgc = tl.where(live, c * sigmoid(t), 0.0)
             S = tl.sum(sgc, 0)
             g = tl.where(neg & valid, (S / ssum) * e, -sgc) * scale
+            g = tl.where(rowbad, NAN, g)
             tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
+        report_bad(FLAG, row, badc, C)
     else:
         # pass 1: online log-sum-exp over the negatives, counts
         m = tl.full((), NEG_BIG, tl.float32)
         ssum = tl.full((), 0.0, tl.float32)
         npos = tl.full((), 0, tl.int32)
         nneg = tl.full((), 0, tl.int32)
+        badc = C
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
-            inb, x, yv = load_cols(xrow, yrow, cc, C)
+            inb, x, yv, bc = load_cols_checked(xrow, yrow, cc, C)
+            badc = tl.minimum(badc, bc)
             neg = (yv == 0) & inb
             npos += tl.sum((yv & inb).to(tl.int32), 0)
             nneg += tl.sum(neg.to(tl.int32), 0)
@@ -70,6 +76,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
             m = m_new
         A = m + tl.log(ssum)
         valid = (npos > 0) & (nneg > 0)
+        rowbad = badc < C
         inv = 1.0 / tl.maximum(npos, 1).to(tl.float32)
         # pass 2: the positives' terms
         loss = tl.full((), 0.0, tl.float32)
@@ -84,7 +91,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
             t = A - x
             loss += tl.sum(tl.where(live, c * softplus(t), 0.0), 0)
             S += tl.sum(tl.where(live, c * sigmoid(t), 0.0), 0)
-        tl.store(LOSS + row, loss)
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
         if NEED_GRAD:
             # pass 3: the gradient
             for b0 in range(0, C, BLOCK):
@@ -97,11 +104,13 @@ def _wlsep_kernel(X, Y, W, LOSS, G, C, scale,
                     c = c * inv
                 gneg = S * tl.exp(tl.where(neg, x - A, NEG_BIG))
                 g = tl.where(neg & valid, gneg, tl.where(live, -c * sigmoid(A - x), 0.0)) * scale
+                g = tl.where(rowbad, NAN, g)
                 tl.store(grow + cc, g.to(G.dtype.element_ty), mask=inb)
+        report_bad(FLAG, row, badc, C)
 
 
 @triton.jit
-def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
+def _lsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
                  HAS_W: tl.constexpr, NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr, SINGLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     xrow = X + row * C
@@ -109,7 +118,8 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb, x, yv = load_cols(xrow, yrow, cols, C)
+        inb, x, yv, badc = load_cols_checked(xrow, yrow, cols, C)
+        rowbad = badc < C
         pos = yv & inb
         neg = (yv == 0) & inb
         w = load_weights(W, cols, inb, HAS_W, BLOCK)
@@ -126,20 +136,24 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
         valid = (sA != 0) & (sB != 0)  # (NaN != 0: NaN logits propagate)
         z = (mA + tl.log(sA)) + (mB + tl.log(sB))
         loss = tl.where(valid, softplus(z), 0.0)
-        tl.store(LOSS + row, loss)
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
         if NEED_GRAD:
             s = sigmoid(z) * scale
             g = tl.where(neg, (s / sA) * eA, -(s / sB) * eB)
             g = tl.where(valid, g, 0.0)
+            g = tl.where(rowbad, NAN, g)
             tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
+        report_bad(FLAG, row, badc, C)
     else:
         mA = tl.full((), NEG_BIG, tl.float32)
         mB = tl.full((), NEG_BIG, tl.float32)
         sA = tl.full((), 0.0, tl.float32)
         sB = tl.full((), 0.0, tl.float32)
+        badc = C
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
-            inb, x, yv = load_cols(xrow, yrow, cc, C)
+            inb, x, yv, bc = load_cols_checked(xrow, yrow, cc, C)
+            badc = tl.minimum(badc, bc)
             pos = yv & inb
             neg = (yv == 0) & inb
             w = load_weights(W, cc, inb, HAS_W, BLOCK)
@@ -155,8 +169,9 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
         A = mA + tl.log(sA)
         Bv = mB + tl.log(sB)
         z = A + Bv
+        rowbad = badc < C
         loss = tl.where(valid, softplus(z), 0.0)
-        tl.store(LOSS + row, loss)
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
         if NEED_GRAD:
             s = tl.where(valid, sigmoid(z) * scale, 0.0)
             for b0 in range(0, C, BLOCK):
@@ -169,16 +184,19 @@ def _lsep_kernel(X, Y, W, LOSS, G, C, scale,
                 e = tl.exp(tl.where(neg, x - A, tl.where(pw, -x - Bv, NEG_BIG)))
                 g = tl.where(neg, s * e, tl.where(pw, -s * w * e, 0.0))
                 g = tl.where(valid, g, 0.0)
+                g = tl.where(rowbad, NAN, g)
                 tl.store(grow + cc, g.to(G.dtype.element_ty), mask=inb)
+        report_bad(FLAG, row, badc, C)
 
 
 def _launch(kernel, logits, targets, weights, need_grad, scale, block, **flags):
-    x, y, w, rows, g = row_buffers(logits, targets, weights, need_grad)
+    x, y, w, rows, g, flag = row_buffers(logits, targets, weights, need_grad)
     B, C = x.shape
     BLOCK, SINGLE = pick_block(C, block)
     if B > 0:
-        kernel[(B,)](x, y, w, rows, g, C, float(scale), HAS_W=weights is not None, NEED_GRAD=bool(need_grad),
+        kernel[(B,)](x, y, w, rows, g, flag, C, float(scale), HAS_W=weights is not None, NEED_GRAD=bool(need_grad),
                      BLOCK=BLOCK, SINGLE=SINGLE, num_warps=num_warps_for(BLOCK), **flags)
+        finish(flag, targets)
     return rows, (g if need_grad else None)
 
 

@@ -19,13 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import load_cols, load_weights, num_warps_for, pick_block, row_buffers
+from ._common import (NAN, finish, first_bad_col, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
+                      report_bad, row_buffers)
 
 __all__ = ["warp"]
 
 
 @triton.jit
-def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
+def _warp_kernel(X, Y, W, H, LOSS, G, FLAG, IDX, CBUF, C, scale,
                  HAS_W: tl.constexpr, NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr, SINGLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     xrow = X + row * C
@@ -33,7 +34,7 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
     grow = G + row * C
     cols = tl.arange(0, BLOCK)
     if SINGLE:
-        inb, x, yv = load_cols(xrow, yrow, cols, C)
+        inb, x, yv, badc = load_cols_checked(xrow, yrow, cols, C)
         pos = yv & inb
         neg = (yv == 0) & inb
         npos = tl.sum(pos.to(tl.int32), 0)
@@ -78,9 +79,12 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                     xj = tl.sum(tl.where(sel, x, 0.0), 0)
                     gj = tl.sum(tl.where(pos & (1.0 + xj - x > 0), cv, 0.0), 0)
                     g += tl.where(sel, gj, 0.0)
-        tl.store(LOSS + row, loss)
+        rowbad = badc < C
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
         if NEED_GRAD:
-            tl.store(grow + cols, (g * scale).to(G.dtype.element_ty), mask=inb)
+            g = tl.where(rowbad, NAN, g * scale)
+            tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
+        report_bad(FLAG, row, badc, C)
     else:
         irow = IDX + row * C
         crow = CBUF + row * C
@@ -88,10 +92,13 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
         # negatives from its back (npos + nneg = C, so they never meet)
         npos = tl.full((), 0, tl.int32)
         nneg = tl.full((), 0, tl.int32)
+        badc = C
         for b0 in range(0, C, BLOCK):
             cc = b0 + cols
             inb = cc < C
-            yv = tl.load(yrow + cc, mask=inb, other=0) != 0
+            yr = tl.load(yrow + cc, mask=inb, other=0)
+            badc = tl.minimum(badc, first_bad_col(yr, cc, inb, C))
+            yv = yr != 0
             pos = yv & inb
             neg = (yv == 0) & inb
             rp = tl.cumsum(pos.to(tl.int32), 0) - 1 + npos
@@ -176,7 +183,15 @@ def _warp_kernel(X, Y, W, H, LOSS, G, IDX, CBUF, C, scale,
                         cv = tl.load(crow + cc, mask=inb, other=0.0)
                         gv += tl.where(yv & inb & (1.0 + xj - x > 0), cv, 0.0)
                     tl.store(grow + j, (tl.sum(gv, 0) * scale).to(G.dtype.element_ty))
-        tl.store(LOSS + row, loss)
+        rowbad = badc < C
+        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        if NEED_GRAD:
+            if rowbad:  # poison the row's gradient (bad targets: its values mean nothing)
+                tl.debug_barrier()
+                for b0 in range(0, C, BLOCK):
+                    cc = b0 + cols
+                    tl.store(grow + cc, tl.full([BLOCK], NAN, tl.float32).to(G.dtype.element_ty), mask=cc < C)
+        report_bad(FLAG, row, badc, C)
 
 
 _H_CACHE = {}
@@ -197,7 +212,7 @@ def _harmonic(C, device):
 
 
 def warp(logits, targets, weights, need_grad, scale=1.0, block=None):
-    x, y, w, rows, g = row_buffers(logits, targets, weights, need_grad)
+    x, y, w, rows, g, flag = row_buffers(logits, targets, weights, need_grad)
     B, C = x.shape
     BLOCK, SINGLE = pick_block(C, block)
     if SINGLE:
@@ -206,7 +221,8 @@ def warp(logits, targets, weights, need_grad, scale=1.0, block=None):
         idx = torch.empty(B, C, dtype=torch.int32, device=x.device)
         cbuf = torch.empty(B, C, dtype=torch.float32, device=x.device)
     if B > 0:
-        _warp_kernel[(B,)](x, y, w, _harmonic(C, x.device), rows, g, idx, cbuf, C, float(scale),
+        _warp_kernel[(B,)](x, y, w, _harmonic(C, x.device), rows, g, flag, idx, cbuf, C, float(scale),
                            HAS_W=weights is not None, NEED_GRAD=bool(need_grad), BLOCK=BLOCK, SINGLE=SINGLE,
                            num_warps=num_warps_for(BLOCK))
+        finish(flag, targets)
     return rows, (g if need_grad else None)

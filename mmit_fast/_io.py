@@ -1,6 +1,7 @@
 """Small I/O helpers shared by every stage: atomic writes (temp file in the same
-folder, fsync, then ``os.replace``), so that a crash never leaves a half-written file
-under its final name."""
+folder, fsync, then ``os.replace``, then fsync of the folder), so that a crash never leaves a
+half-written file under its final name. Files get the mode a plain ``open()`` would give
+(``0666 & ~umask``), not ``mkstemp``'s 0600."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,34 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -24,10 +53,12 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=folder)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would respect the umask
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(folder)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -21,6 +21,12 @@ def _todo(verb: str):
     return run
 
 
+def _preset_names():
+    from .pack.presets import NAMES
+
+    return NAMES
+
+
 # --------------------------------------------------------------------------- synth
 def _add_synth(sub):
     p = sub.add_parser(
@@ -35,6 +41,8 @@ def _add_synth(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=112, help="frame side in pixels, square frames (default 112)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
+    p.add_argument("--preset", choices=_preset_names(), default=None,
+                   help="packing preset: frame rate + keyframe spacing matched to a model (README: Packing presets)")
     p.add_argument("--seconds", type=float, default=2.0, help="clip length in seconds (default 2)")
     p.add_argument("--codec", default="vp9", choices=["vp9", "h264", "mjpeg"], help="video codec (default vp9)")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
@@ -61,7 +69,7 @@ def _cmd_synth(args):
                                shard_samples=args.shard_samples, splits=splits, tail=args.tail,
                                label_dropout=args.label_dropout, no_audio_prob=args.no_audio_prob,
                                distractors=args.distractors, resume=args.resume, overwrite=args.overwrite,
-                               broden=args.broden)
+                               broden=args.broden, preset=args.preset)
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"mmit synth: {e}") from None
     print(f"{args.out}: {man.num_classes} classes; " + ", ".join(
@@ -90,9 +98,12 @@ def _add_pack(sub):
     p.add_argument("--codec", default="vp9", choices=["vp9", "h264", "mjpeg"],
                    help="video codec: vp9 (DALI CPU+GPU, default), h264 (DALI GPU only), mjpeg")
     p.add_argument("--short-side", type=int, default=256, help="short side in pixels (default 256)")
-    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--preset", choices=_preset_names(), default=None,
+                   help="frame rate + keyframe spacing matched to a model: full (25 fps, the default), paper-i3d "
+                        "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default 25, or the preset's)")
     p.add_argument("--seconds", type=float, default=3.0, help="max clip length; shorter clips keep theirs (default 3)")
-    p.add_argument("--gop", type=int, default=None, help="frames between keyframes (default fps/2)")
+    p.add_argument("--gop", type=int, default=None, help="frames between keyframes (default fps/2, or the preset's)")
     p.add_argument("--crf", type=int, default=None, help="quality (vp9 default 32, h264 23; mjpeg q:v 3)")
     p.add_argument("--audio-format", default="flac", choices=["flac", "wav"], help="audio member format (default flac)")
     p.add_argument("--workers", type=int, default=2, help="parallel transcoding processes (default 2)")
@@ -101,13 +112,15 @@ def _add_pack(sub):
     p.add_argument("--drop-unknown", action="store_true", help="drop labels not in the vocabulary instead of failing")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (no sample lost or repeated)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards of this split")
-    p.add_argument("--part", metavar="i/N", help="pack only part i of N disjoint slices of the rows (cluster runs)")
+    p.add_argument("--part", metavar="i/N|auto",
+                   help="pack only part i of N disjoint slices of the rows (cluster runs); auto: this Slurm array "
+                        "task's (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--merge", action="store_true", help="merge the part manifests in --out into manifest.json and exit")
     p.set_defaults(func=_cmd_pack)
 
 
 def _cmd_pack(args):
-    from .pack import merge_parts, pack_videos
+    from .pack import ShardWriteError, merge_parts, pack_videos, split_report
 
     if args.merge:
         try:
@@ -126,17 +139,18 @@ def _cmd_pack(args):
                           gop=args.gop, crf=args.crf, audio_format=args.audio_format, workers=args.workers,
                           shard_samples=args.shard_samples, shard_bytes=int(args.shard_mb * 2 ** 20),
                           resume=args.resume, overwrite=args.overwrite, part=args.part,
-                          drop_unknown=args.drop_unknown)
+                          drop_unknown=args.drop_unknown, preset=args.preset)
+    except ShardWriteError as e:  # disk full, file-size limit: one line naming the shard and the cause
+        print(f"mmit pack: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: the message names it
-        raise SystemExit(f"mmit pack: {e}") from None
-    st = man.splits[args.split]
-    rej = [r for r in man.rejected if r.get("split") == args.split]
-    print(f"{args.out}: {args.split} {st['samples']} samples in "
-          f"{sum(1 for s in man.shards if s.split == args.split)} shards, {len(rej)} rejected")
-    for r in rej[:20]:
-        print(f"  rejected {r['source']}: {r['reason']}")
-    if len(rej) > 20:
-        print(f"  ... {len(rej) - 20} more in the manifest")
+        print(f"mmit pack: {e}", file=sys.stderr)
+        return 2
+    lines, failure = split_report(man, args.split)
+    print("\n".join(lines))
+    if failure:
+        print(f"mmit pack: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -146,12 +160,15 @@ def _add_inspect(sub):
         "inspect", help="print the samples of a shard and validate it",
         description="Print each sample of a shard (key, labels, frames, size, audio) and validate it: DALI "
                     ".idx matches the tar, members present, labels consistent with the manifest, video and "
-                    "audio decode in full with the declared frame/sample counts. Given a dataset folder, "
+                    "audio decode in full with the declared frame/sample counts, every member matches the "
+                    "digest recorded at packing. Given a dataset folder, "
                     "checks every shard of its manifest. Exit status 1 when anything is wrong. "
                     "Example: mmit inspect data/synth/train-000000.tar")
     p.add_argument("shard", nargs="+", help="shard .tar file(s), or a dataset folder")
     p.add_argument("--limit", type=int, default=None, help="print/check at most this many samples per shard")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding video/audio (structure checks only)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding video/audio (structure and digest checks only)")
+    p.add_argument("--fix-index", action="store_true",
+                   help="rewrite a missing, stale or foreign .idx from the tar's own member list")
     p.set_defaults(func=_cmd_inspect)
 
 
@@ -170,7 +187,7 @@ def _cmd_inspect(args):
             paths.append(s)
     bad = 0
     for p in paths:
-        rep = inspect_shard(p, decode=not args.no_decode, limit=args.limit)
+        rep = inspect_shard(p, decode=not args.no_decode, limit=args.limit, fix_index=args.fix_index)
         bad += len(rep["errors"])
         for e in rep["errors"]:
             print("ERROR", e)
@@ -188,7 +205,9 @@ def _add_train(sub):
                     "defaults < --config YAML < --set key=value < flags. Example: mmit train --config "
                     "configs/demo_cpu.yaml --data runs/demo/data --out runs/mine --epochs 3. Outputs in --out: "
                     "checkpoints/{last,best}.pt, metrics.csv, val_metrics.csv, tb/, summary.json. "
-                    "Resume after a kill with --resume auto.")
+                    "Resume after a kill with --resume auto (a changed config is refused unless named in "
+                    "--resume-allow KEY,...). Exit codes: 0 done, 2 bad input (config, data, checkpoint, refused "
+                    "resume), 1 failure (e.g. a non-finite loss).")
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -197,7 +216,7 @@ def _cmd_train(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .train import run_cli
 
-    return run_cli(args)
+    return run_cli(args)  # errors reach main(): 2 bad config/checkpoint/resume, 1 e.g. a non-finite loss
 
 
 # --------------------------------------------------------------------------- finetune
@@ -223,11 +242,7 @@ def _cmd_finetune(args):
     from .train import finetune_base_config, run_cli
 
     args.init_from = args.finetune_from
-    try:
-        base = finetune_base_config(args.finetune_from)  # flags override the source run's settings
-    except (OSError, ValueError) as e:
-        print(f"mmit finetune: {e}", file=sys.stderr)
-        return 4
+    base = finetune_base_config(args.finetune_from)  # flags override the source run's settings
     return run_cli(args, base=base)
 
 
@@ -239,7 +254,8 @@ def _add_eval(sub):
                     "averaged scores); writes <split>_metrics.json, <split>_per_class_ap.csv, <split>_table.md "
                     "(a Table 1-style row) and <split>_scores.npz. Runs under torchrun too. Example: "
                     "mmit eval runs/demo/train/checkpoints/best.pt --split val --split test")
-    p.add_argument("checkpoint", help="checkpoint file written by mmit train (checkpoints/best.pt or last.pt)")
+    p.add_argument("checkpoint", help="mmit checkpoint: written by mmit train (checkpoints/best.pt or last.pt) or "
+                                      "mmit import-weights; read as data only (weights_only)")
     p.add_argument("--data", help="packed dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", action="append", default=None, help="split to evaluate, repeatable (default: val)")
     p.add_argument("--views", type=int, default=1, help="temporal x spatial views per video, scores averaged (default: 1 = centre clip)")
@@ -272,13 +288,14 @@ def _cmd_eval(args):
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub):
     p = sub.add_parser(
-        "demo", help="the main job end to end on the synthetic dataset: synth, pack, train, evaluate",
+        "demo", help="the main job end to end on the synthetic dataset: synth, pack, train, evaluate, explain, report",
         description="Generate and pack the synthetic Multi-Moving-Shapes dataset, train a small I3D with wLSEP "
-                    "(CPU; GPU where present, one process per GPU under torchrun), evaluate on val and test, and "
-                    "print the Table 1-style rows next to the chance level. About 4 minutes on an idle 2-core CPU "
-                    "(7 on a busy one); --quick takes under 1 minute.")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (fewer videos, fewer steps)")
+                    "(CPU; GPU where present, one process per GPU under torchrun), evaluate on val and test, "
+                    "print the Table 1-style rows next to the chance level, draw mCAM pictures of validation clips, "
+                    "dissect the model on Broden-layout test frames and write OUT/report.html. About 420 "
+                    "CPU-seconds: ~4 minutes on 2 idle cores, much longer on a busy machine.")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo; with --quick: runs/demo-quick)")
+    p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (fewer videos, fewer steps) in its own folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the training run (default: 0)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo config's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -299,7 +316,185 @@ def _cmd_demo(args):
     return 0
 
 
-VERBS: List[Callable] = [_add_synth, _add_pack, _add_inspect, _add_train, _add_finetune, _add_eval, _add_demo]
+# --------------------------------------------------------------------------- report
+def _add_report(sub):
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page gathering a run: config, curves, results, mCAM, dissection",
+        description="Write RUN_DIR/report.html: the configuration, training and validation curves, the Table 1 "
+                    "rows next to chance, per-class AP (sorted, with class frequencies), the worst-confused "
+                    "classes, and the mCAM gallery and dissection summary when present. Pictures are embedded, "
+                    "so the file opens from disk. RUN_DIR is a training run (mmit train --out) or a demo "
+                    "folder (runs/demo). Example: mmit report runs/demo")
+    p.add_argument("run_dir", help="training run folder, or a folder with the run in train/ (e.g. runs/demo)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--split", help="evaluation whose per-class AP and confusions are shown (default: val, else the first)")
+    p.add_argument("--gallery", type=int, default=4, help="mCAM clips shown on the page (default: 4)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args):
+    from .report import build_report
+
+    print(build_report(args.run_dir, args.out, split=args.split, gallery=args.gallery))
+    return 0
+
+
+# --------------------------------------------------------------------------- import-weights
+def _add_import_weights(sub):
+    from .models.importers import FORMATS
+
+    p = sub.add_parser(
+        "import-weights", help="turn a released model (Moments / Multi-Moments in Time, torchvision) into an mmit checkpoint",
+        description="Read a released model file (tensors only, never executed; nothing is downloaded) and write an "
+                    "mmit checkpoint with its vocabulary and preprocessing (16 frames, 224 crop, ImageNet mean/std) "
+                    "that eval, finetune, predict, cam, dissect and export accept. Formats: "
+                    + "; ".join(f"{k}: {v.what}" for k, v in FORMATS.items()) + ". Example: mmit import-weights "
+                    "multi_moments_v2_RGB_imagenet_resnet3d50_segment16.pth.tar --format moments-resnet3d50 "
+                    "--categories category_multi_momentsv2.txt --out models/mmit_resnet3d50.pt")
+    p.add_argument("src", help="the released weights file (.pth.tar / .pth)")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout of SRC")
+    p.add_argument("--categories", required=True, metavar="FILE",
+                   help="class names, one per line, in the order of the model's outputs")
+    p.add_argument("--out", required=True, metavar="CKPT", help="mmit checkpoint to write")
+    p.set_defaults(func=_cmd_import_weights)
+
+
+def _cmd_import_weights(args):
+    from .models.importers import import_weights
+
+    ck = import_weights(args.src, args.format, args.categories, args.out)
+    spec = ck["model_spec"]
+    print(f"{args.out}: {spec['name']} depth {spec['kwargs']['depth']} width {spec['kwargs']['width']}, "
+          f"{spec['num_classes']} classes, from {args.src} ({args.format})")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(sub):
+    p = sub.add_parser(
+        "export", help="export a checkpoint's clip classifier to ONNX or TorchScript, checked against its runtime",
+        description="Export the model of an mmit checkpoint (input video [B,3,T,H,W], output logits [B,C]) and write "
+                    "FILE.json next to it with the input shape, preprocessing and class names. The exported file is "
+                    "run by its own runtime (onnxruntime CPU / torch.jit.load) on random clips and must match PyTorch "
+                    "to 1e-4 relative, else nothing is written. Example: mmit export models/mmit_resnet3d50.pt "
+                    "--format onnx --out models/resnet3d50.onnx")
+    p.add_argument("checkpoint", help="mmit checkpoint (from mmit train or mmit import-weights)")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="output format")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (plus FILE.json)")
+    p.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic batch)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    p.add_argument("--crop", type=int, default=None, help="frame side in pixels (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args):
+    from .export import export_checkpoint, sidecar_path
+
+    side = export_checkpoint(args.checkpoint, args.format, args.out, batch=args.batch, frames=args.frames,
+                             crop=args.crop, check=not args.no_check, opset=args.opset)
+    chk = side["check"]
+    note = (f"matches PyTorch ({chk['runtime']}, max rel diff {chk['max_rel_diff']:.2g} <= {chk['tolerance']:g})"
+            if isinstance(chk, dict) else "not checked")
+    print(f"{args.out}: input {side['input']['shape']}, {len(side['classes'])} classes, {note}; "
+          f"preprocessing in {sidecar_path(args.out)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- interpretation (cam, predict, dissect)
+def _add_cam(sub):
+    p = sub.add_parser(
+        "cam", help="multi-label class activation maps (mCAM) of a checkpoint: PNG/GIF per clip + HTML gallery",
+        description="mCAM (paper section 5.1): per-class CAMs of the detected classes, separated, owned pixel-wise "
+                    "and smoothed; one PNG (strip of frames) and GIF per clip and OUT/index.html. SOURCE: a video "
+                    "file, a .tar shard, a dataset folder (its val split) or FOLDER:SPLIT. Example: mmit cam "
+                    "runs/demo/data:test --checkpoint runs/demo/train/checkpoints/best.pt --out runs/demo/cam --limit 8")
+    p.add_argument("source", help="video file, shard (.tar), dataset folder, or FOLDER:SPLIT")
+    p.add_argument("--checkpoint", required=True, help="mmit checkpoint (.pt)")
+    p.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
+    p.add_argument("--top-k", type=int, default=3, help="classes per clip (default 3)")
+    p.add_argument("--threshold", type=float, help="only classes with score >= this (at most --top-k)")
+    p.add_argument("--limit", type=int, help="at most this many clips")
+    p.add_argument("--time-average", action="store_true", help="one time-averaged map per clip instead of per frame")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.set_defaults(func=_cmd_cam)
+
+
+def _cmd_cam(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
+    from .interpret.camrun import run_cam
+
+    index = run_cam(args.checkpoint, args.source, args.out, top_k=args.top_k, threshold=args.threshold,
+                    limit=args.limit, device=args.device, per_frame=not args.time_average)
+    print(f"mCAM gallery: {index}")
+    return 0
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict", help="top-k labels with scores for a video (or a shard) and its mCAM picture",
+        description="What does my model see here: decode and sample VIDEO_OR_SHARD as evaluation does, print the "
+                    "top-k labels with scores (sigmoid), and write each clip's mCAM picture to --out. Example: "
+                    "mmit predict my_video.mp4 --checkpoint runs/demo/train/checkpoints/best.pt")
+    p.add_argument("source", metavar="VIDEO_OR_SHARD", help="video file, shard (.tar), dataset folder or FOLDER:SPLIT")
+    p.add_argument("--checkpoint", required=True, help="mmit checkpoint (.pt)")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print (default 5)")
+    p.add_argument("--out", default="runs/predict", help="folder of the mCAM pictures (default runs/predict)")
+    p.add_argument("--no-cam", action="store_true", help="print labels only, no pictures")
+    p.add_argument("--limit", type=int, default=16, help="at most this many clips of a shard/dataset (default 16)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
+    from .interpret.camrun import predict
+
+    for r in predict(args.checkpoint, args.source, top_k=args.top_k, out_dir=None if args.no_cam else args.out,
+                     limit=args.limit, device=args.device):
+        print(f"{r['key']}: " + ", ".join(f"{c} {s:.3f}" for c, s in r["top"])
+              + (f"   (truth: {', '.join(r['truth'])})" if r["truth"] else "") + (f"   -> {r['png']}" if r.get("png") else ""))
+    return 0
+
+
+def _add_dissect(sub):
+    p = sub.add_parser(
+        "dissect", help="Action Network Dissection of a checkpoint on a Broden-layout concept set",
+        description="NetDissect with action concepts (paper section 5.2): per-unit top-quantile thresholds "
+                    "(streaming), IoU of upsampled unit masks with concept masks, unit labels, Table 5 summary, "
+                    "Figs. 7, 9, 10, unit-to-class links, OUT/report.html. CONCEPTS: a Broden-layout folder "
+                    "(mmit synth --broden writes one). Example: mmit dissect runs/demo/broden --checkpoint "
+                    "runs/demo/train/checkpoints/best.pt --out runs/demo/dissect")
+    p.add_argument("concepts", help="Broden-layout folder (index.csv, label.csv, images/)")
+    p.add_argument("--checkpoint", required=True, help="mmit checkpoint (.pt)")
+    p.add_argument("--out", default="runs/dissect", help="output folder (default runs/dissect)")
+    p.add_argument("--layers", help="comma-separated layer names (default: every ResNet stage, layer1..layer4)")
+    p.add_argument("--quantile", type=float, default=0.005, help="top activation quantile per unit (default 0.005)")
+    p.add_argument("--iou-threshold", type=float, default=0.04, help="interpretable above this IoU (default 0.04)")
+    p.add_argument("--categories", help="comma-separated concept categories to use (default: all in index.csv)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.set_defaults(func=_cmd_dissect)
+
+
+def _cmd_dissect(args):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
+    from .interpret.dissect_run import run_dissect
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    s = run_dissect(args.checkpoint, args.concepts, args.out, layers=split(args.layers), quantile=args.quantile,
+                    iou_threshold=args.iou_threshold, device=args.device, batch_size=args.batch_size,
+                    categories=split(args.categories))
+    for name, L in s["layers"].items():
+        print(f"{name}: {L['interpretable']}/{L['units']} units interpretable "
+              f"({L['interpretable_without_actions']} without action concepts), {L['unique_concepts']} concepts")
+    print(f"report: {s['files']['report']}")
+    return 0
+
+
+VERBS: List[Callable] = [_add_synth, _add_pack, _add_inspect, _add_train, _add_finetune, _add_eval, _add_demo, _add_report, _add_import_weights, _add_export, _add_cam, _add_predict,
+                         _add_dissect]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,8 +505,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmit-fast {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in VERBS:
-        add(sub)
+        try:
+            add(sub)
+        except ImportError as e:  # the verb's extra is not installed: the verb says so when run
+            _add_missing_extra(sub, add.__name__[len("_add_"):].replace("_", "-"), e)
     return parser
+
+
+def _add_missing_extra(sub, verb, exc):
+    from ._extras import extra_for
+
+    missing = extra_for(exc)
+    if missing is None:
+        raise exc
+    if verb in sub.choices:  # half-built before the import failed: replace it
+        del sub.choices[verb]
+        sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != verb]
+    # no option prefix: every word after the verb lands in `rest`, the verb then names its extra
+    p = sub.add_parser(verb, help=f"(needs the [{missing.extra}] extra)", add_help=False, prefix_chars="\x01")
+    p.add_argument("rest", nargs="*")
+
+    def _cmd(args):
+        raise missing
+
+    p.set_defaults(func=_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -320,18 +537,47 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    return _run_verb(args)
+
+
+def _run_verb(args) -> int:
+    """Exit codes, the same for every verb: 0 success; 2 bad input or usage (a missing or
+    malformed file, a bad config or flag value, a refused checkpoint or resume: any
+    ``ValueError`` / ``FileNotFoundError``, or ``SystemExit("one line")``); 1 an unexpected
+    failure (any other exception, e.g. a diverged training run); 130 interrupted. Errors are one
+    line on stderr; ``MMIT_DEBUG=1`` re-raises them with the traceback."""
+    debug = bool(os.environ.get("MMIT_DEBUG"))
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if isinstance(e.code, str) and not debug:
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
     except (FileNotFoundError, ValueError) as e:
-        # bad input (a missing file, a malformed manifest/shard/config, a bad flag value):
-        # the message names the file or sample; MMIT_DEBUG=1 shows the traceback too
-        if os.environ.get("MMIT_DEBUG"):
+        # bad input: the message names the file or sample
+        if debug:
             raise
         print(f"mmit {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional module missing: name the extra that brings it (_extras.py)
+        from ._extras import extra_for
+
+        missing = extra_for(e)
+        if missing is None or debug:
+            raise
+        print(f"mmit {args.verb}: {missing}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"mmit {args.verb}: failed: {type(e).__name__}: {first} (MMIT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -33,11 +33,11 @@ class ConfigError(ValueError):
 
 
 LOSSES = ("bce", "warp", "lsep", "wlsep")
-WEIGHT_SCHEMES = ("none", "min_ratio", "tempered")
+WEIGHT_SCHEMES = ("auto", "none", "min_ratio", "tempered")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-CLIP_MODES = ("auto", "consecutive", "segments")
+CLIP_MODES = ("auto", "consecutive", "segments", "uniform")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class TrainConfig:
     num_workers: int = 2                # loader worker processes per rank
     with_audio: Optional[bool] = None   # load audio (default: when the model needs it)
     # -- clip sampling ------------------------------------------------------------------
-    clip_mode: str = "auto"             # auto (i3d: consecutive, tsm: segments) | consecutive | segments
+    clip_mode: str = "auto"             # auto (i3d: consecutive, tsm: segments) | consecutive | segments | uniform (N frames over the clip, in seconds)
     frames: int = 16                    # frames per clip (segments for TSM)
     stride: int = 2                     # frame stride of consecutive clips
     crop: int = 112                     # square crop size in pixels
@@ -71,9 +71,9 @@ class TrainConfig:
     replace_classifier: bool = False    # new classifier for this dataset's vocabulary
     freeze_backbone: bool = False       # train only the classifier (linear probe)
     # -- loss ---------------------------------------------------------------------------
-    loss: str = "wlsep"                 # bce | warp | lsep | wlsep
-    class_weights: str = "min_ratio"    # none | min_ratio | tempered (from train class counts)
-    loss_normalize: str = "row"         # wLSEP/WARP averaging: row (paper) | pair (authors' code)
+    loss: str = "wlsep"                 # bce | warp | lsep | wlsep (the paper's eqs. 1-4)
+    class_weights: str = "auto"         # auto (min_ratio for wlsep, none for bce/warp/lsep) | none | min_ratio | tempered
+    loss_normalize: str = "row"         # wLSEP averaging: row (paper) | pair (authors' code; wlsep only)
     # -- optimisation -------------------------------------------------------------------
     optimizer: str = "sgd"              # sgd | adamw
     lr: float = 0.1                     # peak learning rate (for the global batch)
@@ -101,12 +101,13 @@ class TrainConfig:
     # -- checkpoints, logging, evaluation -----------------------------------------------
     ckpt_every: int = 0                 # save checkpoints/last.pt every N optimiser steps (0 = epochs only)
     resume: str = ""                    # "auto" or "last" = out/checkpoints/last.pt, or a checkpoint path
+    resume_allow: str = ""              # config keys a resume may change, comma-separated (e.g. epochs)
     best_metric: str = "micro_map"      # metric of the val split that selects checkpoints/best.pt
     best_mode: str = "max"              # max | min
     eval_every: int = 1                 # evaluate every N epochs (0 = never)
-    log_every: int = 1                  # write a CSV/TensorBoard row every N optimiser steps
+    log_every: int = 1                  # CSV/TensorBoard row (and the one host sync) every N optimiser steps
     tensorboard: bool = True            # write TensorBoard events under out/tb
-    progress: bool = True               # tqdm progress bar on rank 0
+    progress: bool = True               # tqdm bar on rank 0 when stdout is a terminal (else one line per epoch)
     device: str = "auto"                # auto | cpu | cuda
     record_keys: bool = False           # log the sample keys each rank trained on (out/ranks/keys-rank<r>.tsv)
 
@@ -140,9 +141,20 @@ class TrainConfig:
             raise ConfigError("config: epochs=0 and max_steps=0 would train nothing")
         if not isinstance(self.model_args, dict):
             raise ConfigError(f"config model_args must be a mapping, got {type(self.model_args).__name__}")
+        if self.loss_normalize == "pair" and self.loss != "wlsep":
+            raise ConfigError(f"config loss_normalize='pair' applies to loss=wlsep only (the authors' per-pair "
+                              f"averaging of wLSEP); loss={self.loss!r} has no pair form: use loss_normalize=row")
         if len(self.betas) != 2:
             raise ConfigError(f"config betas must have two values, got {self.betas!r}")
         return self
+
+    def weight_scheme(self) -> str:
+        """The class weights actually applied. ``auto``: ``min_ratio`` for ``wlsep`` (eq. 4 is
+        the weighted loss) and ``none`` for ``bce``/``warp``/``lsep`` (eqs. 1-3, the paper's
+        plain forms). Any explicit scheme applies to every loss (weighted LSEP, WARP, BCE)."""
+        if self.class_weights == "auto":
+            return "min_ratio" if self.loss == "wlsep" else "none"
+        return self.class_weights
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,8 +298,10 @@ _HELP = {
     "out": "output folder: checkpoints/, metrics.csv, val_metrics.csv, tb/, config.yaml, summary.json",
     "model": "i3d | tsm | soundnet | fusion",
     "loss": "bce | warp | lsep | wlsep",
-    "class_weights": "none | min_ratio | tempered: class weights from the train split's class counts",
-    "resume": "'auto' (out/checkpoints/last.pt if it exists) or a checkpoint path",
+    "class_weights": "auto (min_ratio for wlsep, none for bce/warp/lsep: the paper's forms) | none | min_ratio | "
+                     "tempered: class weights from the train split's class counts",
+    "resume": "'auto' (out/checkpoints/last.pt; refused when out holds a run without it) or a checkpoint path",
+    "resume_allow": "config keys a resume may change, comma-separated (e.g. epochs,lr); others must match the checkpoint",
     "max_steps": "stop after this many optimiser steps (0 = run all epochs)",
     "amp": "auto (bf16 autocast on GPU, off on CPU) | bf16 | fp16 | off",
     "skip_nonfinite": "skip optimiser steps whose loss is NaN/inf instead of stopping",

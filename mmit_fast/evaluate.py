@@ -15,13 +15,16 @@ are passed to ``metrics.evaluate``.
 
 Files written to ``out`` (tag = split, plus ``-subset-<name>`` / ``-single``):
 ``<tag>_metrics.json``, ``<tag>_per_class_ap.csv`` (class id, name, positives, AP),
-``<tag>_table.md`` (a Table 1-style markdown row), ``<tag>_scores.npz`` (keys, scores, targets).
+``<tag>_table.md`` (a Table 1-style markdown row), ``<tag>_scores.npz`` (keys, scores, targets,
+and ``classes``: the class names in score-column order). Rows are sorted by sample key, so the
+files of an N-process evaluation equal the single-process ones (the chance level included).
 """
 from __future__ import annotations
 
 import csv
 import io
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -67,8 +70,23 @@ def model_label(ck: Dict[str, Any]) -> str:
 
 
 def loss_label(ck: Dict[str, Any]) -> str:
-    name = ck.get("config", {}).get("loss", "?")
-    return LOSS_LABELS.get(name, name)
+    """``wLSEP``, ``LSEP``...; a loss trained with class weights it does not have by
+    definition is marked, e.g. ``LSEP (min_ratio weights)``."""
+    from .config import TrainConfig
+
+    cfg = ck.get("config") or {}
+    name = cfg.get("loss")
+    if not name:
+        return "-"
+    label = LOSS_LABELS.get(name, name)
+    scheme = cfg.get("class_weights", "auto")
+    if scheme == "auto":
+        scheme = TrainConfig(loss=name).weight_scheme()
+    if name == "wlsep" and scheme == "none":
+        label += " (no weights)"
+    elif scheme != "none" and (name != "wlsep" or scheme != "min_ratio"):
+        label += f" ({scheme} weights)"
+    return label
 
 
 def table_row(model: str, loss: str, m: Dict[str, Any]) -> str:
@@ -117,8 +135,20 @@ def write_outputs(out: str, tag: str, m: Dict[str, Any], classes: Sequence[str],
     atomic_write_text(paths["table"], TABLE_HEADER + "\n" + row + "\n")
     with atomic_path(paths["scores"], suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, keys=np.asarray(list(keys)), scores=scores, targets=targets)
+            np.savez_compressed(f, keys=np.asarray(list(keys)), scores=scores, targets=targets,
+                                classes=np.asarray(list(classes)))
     return paths
+
+
+def _output_tag(split: str, classes_file: Optional[str], single_label: bool, views: int) -> str:
+    tag = split
+    if classes_file:
+        tag += "-subset-" + os.path.splitext(os.path.basename(classes_file))[0]
+    if single_label:
+        tag += "-single"
+    if views > 1:
+        tag += f"-{views}views"
+    return tag
 
 
 def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str = "val", *, views: int = 1,
@@ -126,18 +156,22 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
                         batch_size: Optional[int] = None, num_workers: Optional[int] = None,
                         backend: Optional[str] = None, device: str = "auto", amp: str = "auto",
                         progress: bool = True, chance: bool = True) -> Optional[Dict[str, Any]]:
-    """Evaluate ``checkpoint`` on ``split`` of ``data`` (default: the dataset it was trained on).
-    Returns the metrics (plus ``table_row``, ``files``, ``chance``) on rank 0, None elsewhere."""
-    from .config import TrainConfig
+    """Evaluate ``checkpoint`` (any file :func:`~mmit_fast.models.checkpoint.read_checkpoint`
+    accepts) on ``split`` of ``data`` (default: the dataset it was trained on). Returns the
+    metrics (plus ``table_row``, ``files``, ``chance``) on rank 0, None elsewhere."""
+    from .inference import evaluate_model
+    from .models.checkpoint import from_checkpoint, read_checkpoint
     from .shards import load_manifest
-    from .train import (build_model, dist_env, evaluate_model, init_distributed, is_dist, load_checkpoint,
-                        make_loader_for, resolve_device)
+    from .train.build import checkpoint_config, make_loader_for
+    from .train.distributed import dist_env, init_distributed, resolve_device, shutdown
 
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    ck = load_checkpoint(checkpoint)
-    cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
+    ck = read_checkpoint(checkpoint)
+    cfg = checkpoint_config(ck)
     data = data or cfg.data
+    if not data:
+        raise ValueError(f"{checkpoint} records no training dataset: give the packed dataset with --data DIR")
     if backend:
         cfg.backend = backend
     if num_workers is not None:
@@ -148,53 +182,41 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
         raise ValueError(f"dataset {data} has a different vocabulary ({manifest.num_classes} classes) from the "
                          f"checkpoint {checkpoint} ({len(classes)} classes): fine-tune it first (mmit finetune)")
     subset = read_class_subset(classes_file, classes) if classes_file else None
+    eval_kw: Dict[str, Any] = {}
+    if subset is not None:
+        eval_kw["class_subset"] = subset
+    if single_label:
+        eval_kw["single_label"] = True
 
-    _, _, local_rank = dist_env()
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, dist_env()[2])
     rank, world = init_distributed(dev)
     try:
-        model = build_model(ck["model_spec"])
-        model.load_state_dict(ck["model"])
-        model.to(dev).eval()
+        model = from_checkpoint(checkpoint).to(dev)
         modality = getattr(model, "modality", "video")
         with_audio = cfg.with_audio if cfg.with_audio is not None else modality != "video"
         loader = make_loader_for(cfg, split, train=False, rank=rank, world=world, device=dev, with_audio=with_audio,
-                                 views=views, batch_size=batch_size or cfg.batch_size, data=data)
-        eval_kw: Dict[str, Any] = {}
-        if subset is not None:
-            eval_kw["class_subset"] = subset
-        if single_label:
-            eval_kw["single_label"] = True
-        m = evaluate_model(model, loader, dev, amp=amp, views=views, progress=progress and rank == 0,
+                                 views=views, batch_size=batch_size or cfg.batch_size, data=data, modality=modality)
+        bar = progress and rank == 0 and sys.stdout.isatty()  # no carriage-return bars in log files
+        m = evaluate_model(model, loader, dev, amp=amp, views=views, progress=bar,
                            desc=f"eval {split}", **eval_kw)
         if m is None:
             return None
         keys, scores, targets = m.pop("keys"), m.pop("scores"), m.pop("targets")
-        tag = split
-        if classes_file:
-            tag += "-subset-" + os.path.splitext(os.path.basename(classes_file))[0]
-        if single_label:
-            tag += "-single"
-        if views > 1:
-            tag += f"-{views}views"
+        tag = _output_tag(split, classes_file, single_label, views)
         row = table_row(model_label(ck), loss_label(ck), m)
         extra: Dict[str, Any] = {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "split": split,
                                  "views": views, "single_label": single_label, "class_subset": subset,
                                  "model": model_label(ck), "loss": loss_label(ck), "step": ck.get("step"),
-                                 "skipped_samples": getattr(loader, "skipped", 0)}
+                                 "world_size": world, "skipped_samples": getattr(loader, "skipped", 0)}
         if chance and len(targets):
             m["chance"] = chance_metrics(targets, **eval_kw)
             extra["chance"] = m["chance"]
         out = out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "eval")
         m["files"] = write_outputs(out, tag, m, classes, targets, keys, scores, row, extra)
-        m["table_row"] = row
-        m["tag"] = tag
+        m["table_row"], m["tag"] = row, tag
         return m
     finally:
-        if is_dist():
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        shutdown()
 
 
 def format_report(m: Dict[str, Any], split: str) -> str:

@@ -21,12 +21,22 @@ dots: WebDataset splits the key at the first dot)::
     <key>.gt.npz   optional ground truth (synthetic data): regions and concept masks
 
 Labels: ids index ``manifest.classes``; multi-hot targets are built from ``.ids``.
+
+Integrity. ``<key>.json`` carries ``"digest": {"algo": "crc32", "members": {ext: hex}, "meta":
+hex}``: the CRC-32 (``zlib.crc32``, 8 lowercase hex digits) of every other member's bytes, and
+of the metadata itself in canonical form (``json.dumps(meta without "digest",
+sort_keys=True)``), so a changed byte anywhere in a sample is detected (a flipped byte that
+keeps the JSON valid changes its canonical form too). ``manifest.integrity`` says whether the
+shards carry digests (``{"digest": "crc32"}``); shards packed before digests existed have none
+and still load. CRC-32 (zlib) runs at ~2.5 GB/s on one core: ~0.3 ms for a 3 s clip, ~0.3% of
+decoding one clip from it (``benchmarks/bench_digest.py``).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -61,13 +71,21 @@ SAMPLE_META_FIELDS = (
     "duration",     # float seconds
     "has_audio",    # bool
     "audio_samples",  # int, samples in the audio member (0 when has_audio is False)
+    "digest",       # {"algo": "crc32", "members": {ext: hex}, "meta": hex}, see Integrity above
 )
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
+DIGEST_ALGO = "crc32"
+DIGEST_FIELD = "digest"
+
 
 class ShardFormatError(ValueError):
     """A manifest, shard or sample that does not follow this format."""
+
+
+class IntegrityError(ShardFormatError):
+    """A member whose bytes differ from the digest recorded when it was packed."""
 
 
 # --------------------------------------------------------------------------- keys
@@ -110,6 +128,52 @@ def multi_hot(ids: Sequence[int], num_classes: int, dtype=np.float32) -> np.ndar
         raise ShardFormatError(f"label ids {ids.tolist()} out of range for {num_classes} classes")
     out[ids] = 1
     return out
+
+
+# --------------------------------------------------------------------------- digests
+def member_digest(data: bytes) -> str:
+    """CRC-32 of ``data`` as 8 lowercase hex digits."""
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def canonical_meta(meta: Dict[str, Any]) -> bytes:
+    """The bytes the metadata digest covers: ``meta`` without its digest, keys sorted."""
+    return json.dumps({k: v for k, v in meta.items() if k != DIGEST_FIELD}, sort_keys=True).encode("utf-8")
+
+
+def seal_meta(meta: Dict[str, Any], members: Dict[str, bytes]) -> bytes:
+    """The bytes of ``<key>.json``: ``meta`` plus the digest of every member in ``members``
+    (all but the ``.json``) and of the metadata itself."""
+    meta = {k: v for k, v in meta.items() if k != DIGEST_FIELD}
+    digest = {"algo": DIGEST_ALGO, "members": {ext: member_digest(b) for ext, b in sorted(members.items())},
+              "meta": member_digest(canonical_meta(meta))}
+    return json.dumps(dict(meta, **{DIGEST_FIELD: digest}), sort_keys=True).encode("utf-8")
+
+
+def sample_digests(meta: Dict[str, Any], where: str = "sample") -> Optional[Dict[str, str]]:
+    """``{ext: hex}`` recorded in a sample's metadata (None when it has no digest); raises
+    :class:`IntegrityError` when the metadata itself was changed since packing."""
+    d = meta.get(DIGEST_FIELD)
+    if d is None:
+        return None
+    if not isinstance(d, dict) or d.get("algo") != DIGEST_ALGO or not isinstance(d.get("members"), dict):
+        raise IntegrityError(f"{where}: member .{META_EXT} has an unreadable digest record {d!r}")
+    got = member_digest(canonical_meta(meta))
+    if got != d.get("meta"):
+        raise IntegrityError(f"{where}: member .{META_EXT} is damaged: {DIGEST_ALGO} {got} != {d.get('meta')} "
+                             "recorded at packing")
+    return d["members"]
+
+
+def check_member(digests: Dict[str, str], ext: str, data: bytes, where: str = "sample") -> None:
+    """:class:`IntegrityError` unless ``data`` (member ``.ext``) has its recorded digest."""
+    want = digests.get(ext)
+    if want is None:
+        raise IntegrityError(f"{where}: member .{ext} is not one the sample was packed with "
+                             f"(packed: {', '.join('.' + e for e in sorted(digests))})")
+    got = member_digest(data)
+    if got != want:
+        raise IntegrityError(f"{where}: member .{ext} is damaged: {DIGEST_ALGO} {got} != {want} recorded at packing")
 
 
 # --------------------------------------------------------------------------- names
@@ -158,6 +222,8 @@ class Manifest:
     * ``audio``: ``{"format", "sample_rate", "channels"}``.
     * ``rejected``: ``[{"source", "reason"}]`` inputs that were not written.
     * ``source``: free-form description of where the data came from (annotations, synth params).
+    * ``integrity``: ``{"digest": "crc32"}`` when every sample's ``.json`` carries member
+      digests (empty for shards packed before digests existed).
     """
 
     classes: List[str]
@@ -167,6 +233,7 @@ class Manifest:
     audio: Dict[str, Any] = field(default_factory=dict)
     rejected: List[Dict[str, Any]] = field(default_factory=list)
     source: Dict[str, Any] = field(default_factory=dict)
+    integrity: Dict[str, Any] = field(default_factory=dict)
     members: Dict[str, str] = field(
         default_factory=lambda: {"video": VIDEO_EXT, "meta": META_EXT, "labels": LABEL_EXT, "audio": "flac", "gt": GT_EXT}
     )

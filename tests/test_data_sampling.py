@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mmit_fast.data import ClipSpec, crop_window, epoch_batches, frame_indices, num_batches, plan_views, resized_size, view_grid
-from mmit_fast.data.sampling import audio_window, sample_rng
+from mmit_fast.data.sampling import audio_seconds, audio_window, coverage_problem, frames_needed, sample_rng
 
 
 # --------------------------------------------------------------------------- temporal
@@ -97,6 +97,92 @@ def test_bad_specs_rejected():
         ClipSpec(crop=112, resize=100)
     with pytest.raises(ValueError):
         frame_indices(0, ClipSpec(), train=False)
+
+
+# --------------------------------------------------------------------------- uniform (time-defined)
+@pytest.mark.parametrize("T,low_fps", [(16, 16 / 3), (8, 8 / 3)])
+def test_uniform_instants_are_defined_in_time(T, low_fps):
+    """The same 3 s at 25 fps (75 frames), 30 fps (90) and the matched rate (T frames): each
+    picked frame is the one on screen (``n/fps <= tau < (n+1)/fps``) at the same instants
+    ``tau_k = (k + 1/2) * 3/T`` (evaluation) or ``(k + u) * 3/T`` (training, one offset u).
+    That the matched packing's frame k really shows the source at tau_k is ffmpeg's part,
+    tested on packed shards in test_presets.py."""
+    spec = ClipSpec("uniform", frames=T)
+    for fps in (25.0, 30.0, low_fps):
+        n = int(round(3 * fps))
+        tau = (np.arange(T) + 0.5) * 3.0 / T
+        idx = frame_indices(n, spec, train=False)
+        assert np.all(idx / fps <= tau + 1e-9) and np.all(tau < (idx + 1) / fps), fps
+        for s in range(5):
+            u = np.random.default_rng(s).random()
+            idx = frame_indices(n, spec, np.random.default_rng(s), train=True)
+            tau = (np.arange(T) + u) * 3.0 / T
+            assert np.all(idx / fps <= tau + 1e-9) and np.all(tau < (idx + 1) / fps), (fps, s)
+    # evaluation: uniform and segments pick the same frames
+    assert np.array_equal(frame_indices(75, spec, train=False), frame_indices(75, ClipSpec("segments", frames=T),
+                                                                                  train=False))
+
+
+def test_uniform_uses_every_frame_of_a_matched_shard():
+    """On a shard that holds exactly T frames every view picks each frame once (nothing decoded
+    is wasted), in training (any offset) and in evaluation (any temporal view)."""
+    spec = ClipSpec("uniform", frames=16)
+    for s in range(50):
+        assert np.array_equal(frame_indices(16, spec, np.random.default_rng(s), train=True), np.arange(16))
+    for j in range(3):
+        assert np.array_equal(frame_indices(16, spec, train=False, view=j, num_views=3), np.arange(16))
+
+
+def test_uniform_training_is_one_jittered_grid():
+    spec = ClipSpec("uniform", frames=16)
+    F = 75
+    firsts = set()
+    for s in range(200):
+        u = np.random.default_rng(s).random()           # the one draw uniform makes
+        idx = frame_indices(F, spec, np.random.default_rng(s), train=True)
+        assert np.array_equal(idx, np.floor((np.arange(16) + u) * F / 16))   # one offset for the whole grid
+        assert np.all(np.diff(idx) >= 4) and np.all(np.diff(idx) <= 5)   # 75/16 = 4.69 frames apart
+        assert 0 <= idx[0] < F / 16 and idx[-1] <= F - 1
+        firsts.add(int(idx[0]))
+    assert firsts == {0, 1, 2, 3, 4}                      # every offset inside the first step is reachable
+    # temporal views: increasing offsets inside the first step, (j + 1/2)/3 of it
+    vs = [frame_indices(F, spec, train=False, view=j, num_views=3)[0] for j in range(3)]
+    assert vs == [0, 2, 3]
+
+
+def test_uniform_short_video_repeats_never_overruns():
+    spec = ClipSpec("uniform", frames=16)
+    for F in (1, 5, 15):
+        for train in (True, False):
+            idx = frame_indices(F, spec, np.random.default_rng(2), train=train)
+            assert idx.shape == (16,) and idx.min() >= 0 and idx.max() <= F - 1
+            assert np.all(np.diff(idx) >= 0)
+        assert set(frame_indices(F, spec, train=False).tolist()) == set(range(F))
+
+
+def test_uniform_audio_covers_the_whole_clip():
+    spec = ClipSpec("uniform", frames=16, crop=56)
+    plans = plan_views(75, 64, 64, 25.0, spec, train=True, seed=0, sample=3, views=1)
+    assert plans[0].audio_start == 0.0
+    assert audio_seconds(spec, 25.0, 3.0) == 3.0
+    cons = ClipSpec("consecutive", frames=16, stride=2)
+    assert audio_seconds(cons, 25.0, 3.0) == pytest.approx(31 / 25)        # the clip's span
+    assert audio_seconds(cons, 25.0, 3.0, whole=True) == 3.0              # an audio-only model: everything
+    p = plan_views(75, 64, 64, 25.0, cons, train=False, views=3, audio_whole=True)
+    assert all(v.audio_start == 0.0 for v in p)
+
+
+def test_coverage_problem_names_what_is_missing():
+    cons = ClipSpec("consecutive", frames=16, stride=2)
+    msg = coverage_problem(cons, 16 / 3, 3.0, "paper-i3d")
+    assert msg and "31 distinct frames" in msg and "hold 16" in msg and "paper-i3d" in msg and "uniform" in msg
+    assert "\n" not in msg
+    assert coverage_problem(cons, 25.0, 3.0) is None
+    assert coverage_problem(ClipSpec("uniform", frames=16), 16 / 3, 3.0) is None
+    assert coverage_problem(ClipSpec("segments", frames=8), 8 / 3, 3.0) is None
+    m2 = coverage_problem(ClipSpec("uniform", frames=16), 8 / 3, 3.0, "tsm8")
+    assert m2 and "16 distinct frames" in m2 and "hold 8" in m2
+    assert frames_needed(cons) == 31 and frames_needed(ClipSpec("segments", frames=8)) == 8
 
 
 # --------------------------------------------------------------------------- spatial

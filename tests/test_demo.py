@@ -17,8 +17,11 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "QUICK_DATA", {"num_videos": 22, "size": 64, "seconds": 1.0})
     monkeypatch.setattr(demo, "QUICK_CONFIG", dict(demo.QUICK_CONFIG, epochs=1, batch_size=4, num_workers=0, threads=1,
                                                                width=8, frames=4, crop=32))
-    out = tmp_path / "demo"
-    res = demo.run_demo(out=str(out), quick=True, progress=False, device="cpu")
+    monkeypatch.setattr(demo, "QUICK_BRODEN_VIDEOS", 2)
+    monkeypatch.chdir(tmp_path)
+    res = demo.run_demo(quick=True, progress=False, device="cpu")   # --quick: its own folder
+    out = tmp_path / "runs" / "demo-quick"
+    assert res["out"] == str(out) and not (tmp_path / "runs" / "demo").exists()
     printed = capsys.readouterr().out
     assert "| val | I3D-R18w8 | wLSEP |" in printed and "| test | chance |" in printed
     assert (out / "demo_report.md").read_text().startswith("# mmit demo")
@@ -32,10 +35,20 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
         ch = chance_metrics(z["targets"])
         assert r["chance"]["micro_map"] == pytest.approx(ch["micro_map"])
         assert os.path.exists(r["files"]["per_class_ap"]) and os.path.exists(r["files"]["table"])
-    # a second run reuses the dataset when its parameters match, regenerates when they differ
+    # the model explained: mCAM pictures, a dissection summary and the report page with both
+    cams = json.load(open(out / "cam" / "cams.json"))
+    assert cams["records"] and all(os.path.getsize(out / "cam" / r["png"]) > 0 for r in cams["records"])
+    assert json.load(open(out / "dissect" / "summary.json"))["layers"]
+    page = open(out / "report.html").read()
+    assert summary["report"] == str(out / "report.html") and "Not present" not in page
+    assert "mCAM gallery" in page and "Network dissection" in page and "| test | chance |" in printed
+    assert f"report page (open in a browser): {out / 'report.html'}" in printed
+    # a second run reuses the dataset when its parameters match, and says so when it replaces one
     demo.prepare_data(str(out / "data"), quick=True, seed=0, regenerate=False, progress=False)
     assert "reusing the dataset" in capsys.readouterr().out
     assert not demo._existing_matches(str(out / "data"), demo._dataset_params(quick=True, seed=1))
+    demo.prepare_data(str(out / "data"), quick=True, seed=1, regenerate=False, progress=False)
+    assert "replacing the dataset in" in capsys.readouterr().out
 
 
 def test_demo_help_and_flags():
@@ -44,6 +57,7 @@ def test_demo_help_and_flags():
     p = cli.build_parser()
     a = p.parse_args(["demo", "--quick", "--out", "x", "--set", "lr=0.2"])
     assert a.quick and a.out == "x" and a.sets == ["lr=0.2"]
-    for verb in ("train", "finetune", "eval", "demo"):
+    assert p.parse_args(["demo"]).out is None and demo.QUICK_OUT != demo.FULL_OUT
+    for verb in ("train", "finetune", "eval", "demo", "report"):
         with pytest.raises(SystemExit):
             p.parse_args([verb, "--help"])

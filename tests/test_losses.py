@@ -286,8 +286,10 @@ def test_inputs_untouched_and_target_dtypes(backend):
             assert torch.equal(xg.detach(), x0) and torch.equal(tt, t0) and torch.equal(w, w0)
             if base is None:
                 base = (out.detach(), xg.grad.clone())
-            else:
-                assert torch.equal(out.detach(), base[0]) and torch.equal(xg.grad, base[1])
+            else:  # bool/uint8 and float32/64 targets run different kernel instantiations (C++):
+                # the vectoriser may order a sum differently -- the same to within an ulp or two
+                assert_close(out.detach(), base[0], 1e-6, f"{name}/{backend} {tt.dtype} loss")
+                assert_close(xg.grad, base[1], 1e-6, f"{name}/{backend} {tt.dtype} grad")
 
 
 def test_backends_agree_noncontiguous_logits():
@@ -463,7 +465,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import mmit_fast.kernels.ranking as R, mmit_fast.kernels.warp as W, mmit_fast.kernels.bce as Bm
 tgt = GPUTarget("cuda", 90, 32)
-common = {"X": "*fp32", "Y": "*u8", "W": "*fp32", "LOSS": "*fp32", "G": "*bf16", "C": "i32", "scale": "fp32"}
+import mmit_fast.kernels._common as K
+common = {"X": "*fp32", "Y": "*u8", "W": "*fp32", "LOSS": "*fp32", "G": "*fp32", "FLAG": "*i64", "C": "i32", "scale": "fp32"}
+halfy = {**common, "X": "*bf16", "Y": "*fp32"}
 flags = {"HAS_W": True, "NEED_GRAD": True, "BLOCK": 1024}
 jobs = [
     (R._wlsep_kernel, {**common, "HAS_W": "constexpr", "PAIR": "constexpr", "NEED_GRAD": "constexpr", "BLOCK": "constexpr",
@@ -475,6 +479,10 @@ jobs = [
     (W._warp_kernel, {**common, "H": "*fp32", "IDX": "*i32", "CBUF": "*fp32", "HAS_W": "constexpr", "NEED_GRAD": "constexpr",
                       "BLOCK": "constexpr", "SINGLE": "constexpr"}, {**flags, "SINGLE": False}),
     (Bm._bce_kernel, {**common, "HAS_W": "constexpr", "NEED_GRAD": "constexpr", "BLOCK": "constexpr"}, flags),
+    (R._wlsep_kernel, {**halfy, "HAS_W": "constexpr", "PAIR": "constexpr", "NEED_GRAD": "constexpr", "BLOCK": "constexpr",
+                       "SINGLE": "constexpr"}, {**flags, "PAIR": False, "SINGLE": True}),
+    (Bm._bce_kernel, {**halfy, "HAS_W": "constexpr", "NEED_GRAD": "constexpr", "BLOCK": "constexpr"}, flags),
+    (K._scale_kernel, {"G": "*fp32", "F": "*fp32", "n": "i64", "BLOCK": "constexpr"}, {"BLOCK": 4096}),
 ]
 for fn, sig, consts in jobs:
     sig = {k: sig[k] for k in fn.arg_names}
@@ -498,4 +506,4 @@ def test_triton_kernels_compile_for_sm90():
     if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
         pytest.skip("no ptxas available to this triton")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "compiled 5" in proc.stdout
+    assert "compiled 8" in proc.stdout

@@ -19,6 +19,13 @@ Per view (a DALI sample)::
                                     output_layout="CFHW")       # [3,T,c,c] float32
     targets = max_0 one_hot([ids..., C], C+1)[:C]               # multi-hot, C classes
 
+What DALI decodes: ``frames=`` makes its decoder seek (it indexes the keyframes of each
+video) to the keyframe before a requested frame and decode forward from there, so, as for the
+PyAV path, the frames decoded per clip are set by the packing: matched presets
+(:mod:`mmit_fast.pack.presets`, e.g. 16 frames per clip with one keyframe for uniform 16-frame
+clips) leave nothing to throw away. An audio-only model never reaches DALI: the loader reads
+and decodes only its audio member (``make_loader(..., modality="audio")``).
+
 DALI cannot skip a broken video: containers are checked (demuxed) in the workers before
 they reach DALI, and if DALI still raises on a batch the pipeline is rebuilt and that batch
 is decoded with PyAV instead (bad samples skipped and counted there). Constant (e.g. black)

@@ -5,6 +5,15 @@
   read with one ``seek`` + ``read`` (random access: a global shuffle needs no shuffle buffer).
   A shard without an index is scanned with ``tarfile``. A missing or corrupt shard raises an
   error that names it.
+
+  An index is trusted only after cheap checks against its tar (:func:`index_problem`): it
+  parses; the tar's size fits the end of its last member (end-of-archive blocks plus record
+  padding); the 512-byte header before a member's data is a valid tar header naming that
+  member with that size, for every member of the first and the last sample and the first
+  member of 6 samples evenly spaced between them (at most ~16 reads of 512 bytes a shard).
+  A stale index (from an older write of the shard) or a foreign one (another shard's) fails
+  them: the tar is scanned instead, with one ``RuntimeWarning`` naming the index and the
+  problem (``mmit inspect --fix-index`` rewrites it); no intact sample is dropped.
 * :func:`epoch_batches` splits one epoch into the batches of one rank. The permutation is
   ``default_rng([seed, epoch]).permutation(N)`` (identity without shuffling); rank ``r`` of
   ``R`` takes positions ``r, r+R, r+2R, ...``, so ranks are disjoint.
@@ -19,7 +28,8 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -38,6 +48,8 @@ class SampleRef:
 class SampleTable:
     shards: List[str]
     samples: List[SampleRef]
+    verify: str = "optional"       # member digests: "require" | "optional" | "off" (see .verify)
+    bad_indexes: List[Tuple[str, str]] = field(default_factory=list)   # (index path, problem): scanned instead
 
     def __len__(self):
         return len(self.samples)
@@ -51,12 +63,21 @@ def _key_ext(name: str) -> Tuple[str, str]:
     return base[:i], base[i + 1:]
 
 
-def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
-    with open(idx_path, "r", encoding="utf-8") as f:
-        lines = f.read().splitlines()
+Rows = List[Tuple[str, Dict[str, Tuple[int, int]]]]
+_BLOCK, _RECORD = 512, 20 * 512   # tar block; records pad the archive's end (GNU tar and tarfile)
+
+
+def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> Tuple[Rows, List[Tuple[int, int, str]]]:
+    """``(rows, members)`` of a DALI index: per sample ``(key, {ext: (offset, size)})``, and
+    every member as ``(offset, size, name)``; a ShardFormatError when it does not parse."""
+    try:
+        with open(idx_path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise S.ShardFormatError("it is not text") from None
     if not lines or not lines[0].startswith("v1."):
-        raise S.ShardFormatError(f"{idx_path}: not a DALI webdataset index (first line {lines[:1]!r}); rebuild it with wds2idx {tar_path}")
-    out = []
+        raise S.ShardFormatError(f"not a DALI webdataset index (first line {lines[:1]!r})")
+    out, flat = [], []
     for ln, line in enumerate(lines[1:], 2):
         parts = line.split()
         if not parts:
@@ -64,18 +85,59 @@ def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> List[Tuple[str, D
         members: Dict[str, Tuple[int, int]] = {}
         key = None
         if len(parts) % 4:
-            raise S.ShardFormatError(f"{idx_path}:{ln}: expected 'ext offset size name' groups")
+            raise S.ShardFormatError(f"line {ln} is not 'ext offset size name' groups")
         for g in range(0, len(parts), 4):
-            ext, off, size, name = parts[g], int(parts[g + 1]), int(parts[g + 2]), parts[g + 3]
-            if off + size > tar_size:
-                raise S.ShardFormatError(
-                    f"shard {tar_path} is truncated or does not match its index {idx_path}: member {name} "
-                    f"ends at byte {off + size} but the file has {tar_size} bytes")
+            try:
+                ext, off, size, name = parts[g], int(parts[g + 1]), int(parts[g + 2]), parts[g + 3]
+            except ValueError:
+                raise S.ShardFormatError(f"line {ln} has a non-integer offset or size") from None
+            if off < _BLOCK or size < 0 or off + size > tar_size:
+                raise S.ShardFormatError(f"member {name} at bytes {off}..{off + size} lies outside the "
+                                         f"{tar_size}-byte tar")
             k, _ = _key_ext(name)
+            if key is not None and k != key:
+                raise S.ShardFormatError(f"line {ln} mixes the keys {key!r} and {k!r}")
             key = key or k
             members[ext] = (off, size)
+            flat.append((off, size, name))
         out.append((key, members))
-    return out
+    return out, flat
+
+
+def _header_problem(f, off: int, size: int, name: str) -> Optional[str]:
+    """Why the tar header before the data at ``off`` is not member ``name`` of ``size`` bytes."""
+    f.seek(off - _BLOCK)
+    buf = f.read(_BLOCK)
+    try:
+        ti = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as e:
+        return f"no tar header before {name} at byte {off - _BLOCK} ({e})"
+    got = ti.name
+    same = got == name or (len(name) > 99 and len(got) >= 99 and name.startswith(got))  # GNU long names
+    if not same or ti.size != size or not ti.isreg():
+        return f"the tar header at byte {off - _BLOCK} is {got!r} of {ti.size} bytes, the index says {name!r} of {size}"
+    return None
+
+
+def index_problem(tar_path: str, tar_size: int, rows: Rows, flat: List[Tuple[int, int, str]],
+                  probes: int = 8) -> Optional[str]:
+    """Why the parsed index ``rows`` does not describe the tar (None when the checks pass)."""
+    if not rows:
+        return "it lists no samples"
+    end = max(off + -(-size // _BLOCK) * _BLOCK for off, size, _ in flat)
+    if not (end + 2 * _BLOCK <= tar_size < end + 2 * _BLOCK + _RECORD):
+        return (f"its last member ends at byte {end}, which does not fit the {tar_size}-byte tar "
+                "(the tar holds other or more members)")
+    picks = sorted(set(np.linspace(0, len(rows) - 1, min(probes, len(rows))).round().astype(int).tolist()))
+    with open(tar_path, "rb") as f:
+        for i in picks:
+            key, members = rows[i]
+            items = list(members.items())
+            for ext, (off, size) in (items if i in (0, len(rows) - 1) else items[:1]):
+                why = _header_problem(f, off, size, f"{key}.{ext}" if ext else key)
+                if why:
+                    return why
+    return None
 
 
 def _scan_tar(tar_path: str) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
@@ -99,14 +161,15 @@ def sample_table(manifest: S.Manifest, split: str) -> SampleTable:
     tars = manifest.shard_paths(split)
     idxs = manifest.index_paths(split)
     infos = manifest.shard_infos(split)
-    shards, samples = [], []
+    shards, samples, bad = [], [], []
     for si, (tar, idx, info) in enumerate(zip(tars, idxs, infos)):
         if not os.path.exists(tar):
             raise FileNotFoundError(f"shard {tar} (split {split!r}, listed in {manifest.root}/manifest.json) does not exist")
         size = os.path.getsize(tar)
         if size < 512 or size % 512:
             raise S.ShardFormatError(f"shard {tar} is corrupt or truncated: {size} bytes is not a whole number of 512-byte tar blocks")
-        rows = _parse_idx(idx, tar, size) if os.path.exists(idx) else _scan_tar(tar)
+        rows = _trusted_index(tar, idx, size, info.samples, bad) if os.path.exists(idx) else None
+        rows = rows if rows is not None else _scan_tar(tar)
         if info.samples and len(rows) != info.samples:
             raise S.ShardFormatError(f"shard {tar} holds {len(rows)} samples but the manifest says {info.samples}")
         shards.append(tar)
@@ -116,7 +179,25 @@ def sample_table(manifest: S.Manifest, split: str) -> SampleTable:
             samples.append(SampleRef(si, key, members))
     if not samples:
         raise S.ShardFormatError(f"split {split!r} of {manifest.root} has no samples")
-    return SampleTable(shards, samples)
+    return SampleTable(shards, samples, bad_indexes=bad)
+
+
+def _trusted_index(tar: str, idx: str, size: int, expect: int, bad: List[Tuple[str, str]]) -> Optional[Rows]:
+    """The index's rows when it passes :func:`index_problem` (and lists the manifest's sample
+    count); else None, after one warning (the caller scans the tar)."""
+    try:
+        rows, flat = _parse_idx(idx, tar, size)
+        why = index_problem(tar, size, rows, flat)
+        if why is None and expect and len(rows) != expect:
+            why = f"it lists {len(rows)} samples, the manifest says {expect}"
+    except (S.ShardFormatError, OSError) as e:
+        why = str(e)
+    if why is None:
+        return rows
+    bad.append((idx, why))
+    warnings.warn(f"index {idx} does not match its shard ({why}): reading the member list from {tar} "
+                  f"instead; rewrite the index with `mmit inspect --fix-index {tar}`", RuntimeWarning, stacklevel=3)
+    return None
 
 
 class MemberReader:

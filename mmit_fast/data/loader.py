@@ -31,11 +31,32 @@ from .. import shards as S
 from . import dali as _dali
 from .index import epoch_batches, num_batches, sample_table
 from .pyav import BadSample, BatchSource, decode_clip, normalise
-from .sampling import ClipSpec, audio_seconds, view_grid
+from .sampling import ClipSpec, audio_seconds, coverage_problem, view_grid
 
 IMAGENET_MEAN = _dali.IMAGENET_MEAN
 IMAGENET_STD = _dali.IMAGENET_STD
 BACKENDS = ("auto", "dali", "pyav")
+MODALITIES = ("video", "audio", "audio-video")
+_WARNED = set()   # one-time warnings already given in this process
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def digest_mode(manifest: S.Manifest, verify_digests: bool = True) -> str:
+    """How the loader checks member digests (:mod:`.verify`): ``"require"`` when the manifest
+    says the shards carry them, ``"optional"`` for shards packed before digests existed (a
+    note once per dataset), ``"off"`` when ``verify_digests=False``."""
+    if not verify_digests:
+        return "off"
+    if manifest.integrity.get("digest") == S.DIGEST_ALGO:
+        return "require"
+    _warn_once(f"note: the shards of {manifest.root or 'this dataset'} carry no member digests (packed by an older "
+               "mmit-fast): damaged bytes inside a member cannot be detected; re-pack to add them")
+    return "optional"
 
 
 class Batch(NamedTuple):
@@ -122,8 +143,13 @@ class VideoLoader:
                  world_size: int = 1, train: bool = True, backend: str = "auto", device: str = "cpu", seed: int = 0,
                  with_audio: bool = False, num_workers: int = 2, views=1, shuffle: Optional[bool] = None,
                  drop_last: Optional[bool] = None, decoder_threads: Optional[int] = None, dali_threads: int = 2,
-                 prefetch: int = 2, exact_color: bool = False, container_check: str = "boxes"):
+                 prefetch: int = 2, exact_color: bool = False, container_check: str = "boxes", modality: str = "video",
+                 verify_digests: bool = True):
         self.manifest = data if isinstance(data, S.Manifest) else S.load_manifest(data)
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        self.modality, self.video = modality, modality != "audio"   # audio-only: no video read or decoded
+        with_audio = with_audio or modality != "video"
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.split, self.spec, self.batch_size = split, clip, int(batch_size)
@@ -134,12 +160,17 @@ class VideoLoader:
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.device = resolve_device(device)
         self.codec = str(self.manifest.video.get("codec", "")).lower()
-        self.backend = resolve_backend(backend, self.device, self.codec)
+        self.backend = resolve_backend(backend, self.device, self.codec) if self.video else "pyav"
         self.table = sample_table(self.manifest, split)
+        self.table.verify = digest_mode(self.manifest, verify_digests)
         self.num_samples = len(self.table)
         fps = float(self.manifest.video.get("fps") or 25.0)
         secs = float(self.manifest.video.get("seconds") or 3.0)
-        self.audio_samples = int(round(audio_seconds(clip, fps, secs) * S.AUDIO_SAMPLE_RATE))
+        whole = modality != "video"   # SoundNet, alone or in a fusion, hears the whole clip
+        self.audio_samples = int(round(audio_seconds(clip, fps, secs, whole=whole) * S.AUDIO_SAMPLE_RATE))
+        problem = coverage_problem(clip, fps, secs, self.manifest.video.get("preset")) if self.video else None
+        if problem:
+            _warn_once(f"{self.manifest.root or 'dataset'}: {problem}")
         self._nb = num_batches(self.num_samples, self.batch_size, self.world_size, self.drop_last)
         if decoder_threads is None:
             decoder_threads = 1 if self.num_workers >= (os.cpu_count() or 1) else max(1, (os.cpu_count() or 1) // max(1, self.num_workers))
@@ -147,10 +178,12 @@ class VideoLoader:
         self.source = BatchSource(self.table, self.plan, self.manifest.num_classes, clip, train=self.train, seed=self.seed,
                                   views=views, with_audio=self.with_audio, audio_samples=self.audio_samples,
                                   decode=self.backend == "pyav", threads=decoder_threads, exact_color=exact_color,
-                                  check=container_check, normalise_in_worker=self.device.type == "cpu")
+                                  check=container_check, normalise_in_worker=self.device.type == "cpu", video=self.video,
+                                  audio_whole=whole)
         self.dali_threads, self.prefetch = int(dali_threads), int(prefetch)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
+        self.decoded_frames = 0   # frames PyAV decoded (used or not); DALI's are not counted
         self.dali_fallbacks = 0   # batches DALI raised on and PyAV decoded instead
         self.skipped_samples: List[Tuple[str, str, str]] = []   # (shard, key, reason)
         self._pipe = None
@@ -219,15 +252,20 @@ class VideoLoader:
             targets, has_audio = targets[torch.as_tensor(rows)], has_audio[torch.as_tensor(rows)]
             if audio is not None:
                 audio = audio[torch.as_tensor(vk)]
-        dev = self.device
-        nb = dev.type == "cuda"
         if audio is not None:
-            audio = audio.to(dev, non_blocking=nb)
-        return Batch(video, audio, has_audio.to(dev, non_blocking=nb), targets.to(dev, non_blocking=nb), keys)
+            audio = self._to_device(audio)
+        return Batch(video, audio, self._to_device(has_audio), self._to_device(targets), keys)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor onto the loader's device; to CUDA through pinned memory, so that the
+        copy is asynchronous (a pageable copy makes the host wait)."""
+        if self.device.type != "cuda" or t.device.type == "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _normalise(self, u8: torch.Tensor) -> torch.Tensor:
         """uint8 [N,T,H,W,3] -> float32 [N,3,T,H,W] ImageNet-normalised, on the loader's device."""
-        return normalise(u8.to(self.device, non_blocking=True))
+        return normalise(self._to_device(u8))
 
     def _constant_views(self, video: torch.Tensor) -> np.ndarray:
         """Per sample: True when one of its views is a constant clip (all pixels one colour)."""
@@ -245,6 +283,7 @@ class VideoLoader:
         if self.backend == "pyav":
             for d in self._raw_batches():
                 self._record_skips(d["skipped"])
+                self.decoded_frames += int(d.get("decoded", 0))
                 yield self._pyav_batch(d)
         else:
             yield from self._iter_dali()
@@ -356,7 +395,17 @@ def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, bat
     bit-exactly as DALI's decoder does, at ~4x the conversion cost; the default False uses
     swscale's fixed-point path, 34-42 dB PSNR from the exact result), ``container_check``
     (DALI inputs: ``"boxes"``, the mp4 box structure, microseconds; ``"demux"``, also a PyAV
-    demux, ~5 ms a video).
+    demux, ~5 ms a video), ``verify_digests`` (default True: every member read is checked against
+    the CRC-32 recorded at packing, and ``.ids`` against the metadata, before decoding; a
+    mismatch skips the sample with a reason naming shard, key and member), ``modality`` (the
+    model's: ``"video"``; ``"audio"``, an audio-only model such as SoundNet: the video member
+    is neither read nor decoded, ``batch.video`` is ``[B*V,3,0,c,c]`` and ``batch.audio`` holds
+    the whole clip's waveform; ``"audio-video"``, a fusion: frames as usual, the whole clip's
+    audio; anything but ``"video"`` implies ``with_audio``).
+
+    A clip spec that needs more distinct frames per clip than the shards hold (e.g. 16
+    consecutive frames at stride 2 on ``paper-i3d`` shards of 16 frames per clip) makes a
+    ``RuntimeWarning`` once (the clips would repeat frames).
     """
     return VideoLoader(data, split, clip or ClipSpec(), batch_size, rank=rank, world_size=world_size, train=train,
                        backend=backend, device=device, seed=seed, with_audio=with_audio, num_workers=num_workers,

@@ -30,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import shards as S
+from . import verify
 from .index import MemberReader, SampleTable
-from .sampling import ClipSpec, ViewPlan, audio_window, plan_views
+from .sampling import ClipSpec, ViewPlan, audio_window, plan_views, view_grid
 
 try:  # PyAV is needed by the CPU backend and to check containers before DALI decodes them
     import av
@@ -112,22 +113,29 @@ else:  # pragma: no cover
     SWS_FAST = SWS_EXACT = 0
 
 
-def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST) -> Dict[int, np.ndarray]:
-    """RGB frames (uint8 HxWx3, native size) for the presentation indices ``indices``."""
+def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST, *, seek: bool = True,
+                  stats: Optional[Dict[str, int]] = None) -> Dict[int, np.ndarray]:
+    """RGB frames (uint8 HxWx3, native size) for the presentation indices ``indices``.
+
+    ``seek=False`` decodes from the first packet instead of the keyframe before each run of
+    needed frames (the reference the seeking path is tested against). ``stats["decoded"]``
+    (when given) is increased by the frames the decoder produced, used or not."""
     need = sorted(set(int(i) for i in indices))
     if need[-1] >= dm.num_frames or need[0] < 0:
         raise BadSample(f"frame {need[-1]} requested from a video of {dm.num_frames} frames")
     got: Dict[int, np.ndarray] = {}
     pkts, ctx = dm.packets, dm.ctx
     pos = None  # next packet position to feed; None = decoder not started
-    last_needed = need[-1]
+    n_out = 0   # frames the decoder produced
     try:
         for target in need:
             if target in got:
                 continue
             tpos = int(dm.pos_of_rank[target])
             kf = int(dm.key_pos[np.searchsorted(dm.key_pos, tpos, side="right") - 1])
-            if pos is None or kf > pos:  # seek: start (again) at the keyframe
+            if pos is None and not seek:
+                pos = 0
+            elif pos is None or (seek and kf > pos):  # seek: start (again) at the keyframe
                 if pos is not None:
                     ctx.flush_buffers()
                 pos = kf
@@ -140,6 +148,7 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
                     frames = ctx.decode(None)
                     if not frames:
                         break
+                n_out += len(frames)
                 for fr in frames:
                     r = dm.rank_of_pts.get(int(fr.pts)) if fr.pts is not None else None
                     if r is not None and r in need and r not in got:
@@ -150,6 +159,9 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
         raise
     except Exception as e:
         raise BadSample(f"decode error ({type(e).__name__}: {e})") from None
+    finally:
+        if stats is not None:
+            stats["decoded"] = stats.get("decoded", 0) + n_out
     missing = [i for i in need if i not in got]
     if missing:
         raise BadSample(f"frames {missing[:5]} could not be decoded")
@@ -192,11 +204,13 @@ def is_constant(clip: np.ndarray) -> bool:
 
 
 def decode_clip(data: bytes, plans: Sequence[ViewPlan], expect_frames: Optional[int] = None, threads: int = 1,
-                exact_color: bool = False) -> np.ndarray:
-    """uint8 [V, T, crop, crop, 3] for the views ``plans`` of one encoded video."""
+                exact_color: bool = False, stats: Optional[Dict[str, int]] = None) -> np.ndarray:
+    """uint8 [V, T, crop, crop, 3] for the views ``plans`` of one encoded video
+    (``stats["decoded"]``: frames decoded, see :func:`decode_frames`)."""
     dm = Demuxed(data, expect_frames, threads)
     try:
-        frames = decode_frames(dm, [int(i) for p in plans for i in p.indices], SWS_EXACT if exact_color else SWS_FAST)
+        frames = decode_frames(dm, [int(i) for p in plans for i in p.indices], SWS_EXACT if exact_color else SWS_FAST,
+                               stats=stats)
         views = [cut_view(frames, p) for p in plans]
     finally:
         dm.close()
@@ -277,7 +291,8 @@ class BatchSource:
 
     def __init__(self, table: SampleTable, plans_fn, num_classes: int, spec: ClipSpec, *, train: bool, seed: int,
                  views, with_audio: bool, audio_samples: int, decode: bool, threads: int = 1, exact_color: bool = False,
-                 check: str = "boxes", normalise_in_worker: bool = True):
+                 check: str = "boxes", normalise_in_worker: bool = True, video: bool = True,
+                 audio_whole: bool = False):
         self.table = table
         self.reader = MemberReader(table)
         self.plans_fn = plans_fn          # epoch -> list of arrays of global sample indices
@@ -293,6 +308,8 @@ class BatchSource:
         self.exact_color = exact_color
         self.check = check          # DALI inputs: "boxes" (mp4 structure) or "demux" (also PyAV demux)
         self.normalise = normalise_in_worker   # float output made here (CPU training) or uint8 (GPU: normalised there)
+        self.video = bool(video)    # False: an audio-only model; the video member is neither read nor decoded
+        self.audio_whole = bool(audio_whole) or not self.video   # every view hears the whole clip (SoundNet)
         self._plan_epoch = None
         self._plan = None
 
@@ -308,29 +325,37 @@ class BatchSource:
         ref = self.table.samples[gi]
         where = f"{self.table.shards[ref.shard]}:{ref.key}"
         meta = S.parse_sample_meta(self.reader.read(ref, S.META_EXT) or b"", where)
+        digests = verify.sample_digests(self.table.verify, meta, ref, where)   # before any decoding
         ids_b = self.reader.read(ref, S.LABEL_EXT)
-        ids = S.decode_label_ids(ids_b) if ids_b is not None else np.asarray(meta["label_ids"], np.int64)
+        verify.check_member(digests, S.LABEL_EXT, ids_b, where)
+        ids = verify.label_ids(meta, ids_b, where)
+        meta["_digests"] = digests
         if ids.size and (ids.max() >= self.num_classes or ids.min() < 0):
             raise BadSample(f"label ids {ids.tolist()} out of range for {self.num_classes} classes")
         nf, h, w, fps = int(meta.get("frames") or 0), int(meta.get("height") or 0), int(meta.get("width") or 0), float(meta.get("fps") or 0)
-        mp4 = self.reader.read(ref, S.VIDEO_EXT)
+        mp4 = self.reader.read(ref, S.VIDEO_EXT) if self.video else None
+        verify.check_member(digests, S.VIDEO_EXT, mp4, where)
         if not (nf > 0 and h > 0 and w > 0 and fps > 0):
             raise BadSample(f"metadata lacks frames/width/height/fps ({ {k: meta.get(k) for k in ('frames', 'width', 'height', 'fps')} })")
-        plans = plan_views(nf, h, w, fps, self.spec, train=self.train, seed=self.seed, epoch=epoch, sample=gi, views=self.views)
+        plans = plan_views(nf, h, w, fps, self.spec, train=self.train, seed=self.seed, epoch=epoch, sample=gi, views=self.views,
+                           audio_whole=self.audio_whole)
         return ref, meta, ids, mp4, plans, fps
 
     def __getitem__(self, item):
         epoch, b = item
         idx = self.batches(epoch)[b]
         clips, raw, keys, where, ids_list, audio, has_audio, skipped = [], [], [], [], [], [], [], []
+        stats = {"decoded": 0}
         for gi in idx:
             gi = int(gi)
             ref = self.table.samples[gi]
             try:
                 ref, meta, ids, mp4, plans, fps = self.load_sample(gi, epoch)
                 nf = int(meta["frames"])
-                if self.decode:
-                    clips.append(decode_clip(mp4, plans, nf, self.threads, self.exact_color))
+                if not self.video:
+                    pass   # audio-only model: no video member read, no frame decoded
+                elif self.decode:
+                    clips.append(decode_clip(mp4, plans, nf, self.threads, self.exact_color, stats))
                 else:
                     # DALI cannot skip a broken video: check the container before it gets one.
                     check_mp4_boxes(mp4)
@@ -346,6 +371,7 @@ class BatchSource:
                     for ext in S.AUDIO_EXTS:
                         ab = self.reader.read(ref, ext)
                         if ab is not None:
+                            verify.check_member(meta["_digests"], ext, ab, f"{self.table.shards[ref.shard]}:{ref.key}")
                             break
                     if ab is not None:
                         wave = decode_audio(ab)
@@ -375,13 +401,22 @@ class BatchSource:
             "has_audio": np.asarray(has_audio, dtype=bool),
             "audio": (np.concatenate(audio)[:, None, :] if audio else np.zeros((0, 1, self.audio_samples), np.float32)) if self.with_audio else None,
             "skipped": skipped,
+            "decoded": stats["decoded"],
         }
-        if self.decode:
-            c = self.spec.crop
-            import torch  # a tensor travels from the worker through shared memory
-
-            u8 = torch.from_numpy(np.concatenate(clips) if clips else np.zeros((0, self.spec.frames, c, c, 3), np.uint8))
-            out["video"] = normalise(u8) if self.normalise else u8
+        if self.decode or not self.video:
+            out["video"] = self._pixels(clips, len(keys))
         else:
             out["raw"] = raw
         return out
+
+    def _pixels(self, clips, n: int):
+        """The batch's video tensor (a tensor travels from the worker through shared memory):
+        the decoded views, normalised here or not; ``[n*V, 0 frames, c, c, 3]`` for an
+        audio-only model (the batch layout without pixels)."""
+        import torch
+
+        c = self.spec.crop
+        if not self.video:
+            clips = [np.zeros((n * int(np.prod(view_grid(self.views))), 0, c, c, 3), np.uint8)]
+        u8 = torch.from_numpy(np.concatenate(clips) if clips else np.zeros((0, self.spec.frames, c, c, 3), np.uint8))
+        return normalise(u8) if self.normalise else u8

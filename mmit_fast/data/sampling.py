@@ -17,6 +17,20 @@ Temporal sampling (``F`` = frames in the video, ``T`` = ``spec.frames``):
   frame per segment: ``idx_t = floor((t + u_t) * F / T)``, with ``u_t ~ U[0,1)`` in training
   and ``u_t = 1/2`` in evaluation (``u_t = (j+1/2)/n`` for temporal view ``j`` of ``n``).
   ``F < T`` gives repeated frames, never an index past the end.
+* ``uniform`` (the paper's I3D: 16 frames spread over the 3 s clip), defined in *time*: with
+  ``D = F / fps`` the video's length in seconds, the instants are ``tau_t = (t + u) * D / T``,
+  t = 0..T-1 (a grid of step ``D/T`` with ONE offset ``u``: ``u ~ U[0,1)`` in training,
+  ``u = 1/2`` in evaluation -- the middle of each step --, ``u = (j+1/2)/n`` for temporal
+  view ``j`` of ``n``), and each instant takes the frame on screen at that time,
+  ``idx_t = floor(tau_t * fps) = floor((t+u) * F/T)`` (frame ``n`` is shown during
+  ``[n/fps, (n+1)/fps)``). The frame rate cancels: a 25 fps and a 16/3 fps packing of the
+  same clip give the same instants. A matched packing (``mmit pack --preset paper-i3d``: ``T``
+  frames per clip, ffmpeg's ``fps`` filter) holds in frame ``t`` the source frame on screen
+  at the middle of step ``t``, which is what evaluation asks for, and there
+  ``idx_t = t`` for every ``u``: every decoded frame is used (and training has no temporal
+  jitter left). In evaluation ``uniform`` and ``segments`` pick the same frames; in training
+  ``segments`` draws one offset per segment, ``uniform`` one for the clip.
+  ``F < T`` repeats frames, never an index past the end.
 
 Spatial sampling (frame ``H x W``): resize so the short side is ``S = spec.resize`` (default
 ``round(crop*256/224)``: 256 for 224 crops, 128 for 112), the long side to
@@ -25,7 +39,13 @@ centred in evaluation; with 3 spatial views the window slides along the long sid
 centre, end). Training flips horizontally with probability 1/2 (``spec.flip``).
 
 Audio: a view's waveform window starts at ``idx_0 / fps`` seconds (``consecutive``) or at 0
-(``segments``, whose frames span the whole video) and lasts ``audio_seconds(spec, ...)``.
+(``segments`` and ``uniform``, whose frames span the whole video) and lasts
+``audio_seconds(spec, ...)``; an audio-only model gets the whole clip (``audio_seconds(...,
+whole=True)``).
+
+Coverage: :func:`frames_needed` is how many frames per clip a spec reads distinct frames from
+(consecutive: its span; segments/uniform: ``T``); :func:`coverage_problem` says, in one line,
+when a packing holds fewer (the clip would repeat frames).
 
 Random generators are seeded per (seed, epoch, sample, view) with :func:`sample_rng`, so the
 frames a sample gets do not depend on the backend, the worker count or the batch order.
@@ -37,15 +57,17 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-MODES = ("consecutive", "segments")
+MODES = ("consecutive", "segments", "uniform")
 
 
 @dataclass(frozen=True)
 class ClipSpec:
     """What a clip looks like.
 
-    ``mode``: ``"consecutive"`` (I3D: ``frames`` frames ``stride`` apart) or ``"segments"``
-    (TSN/TSM: one frame from each of ``frames`` equal segments). ``crop``: output side in
+    ``mode``: ``"consecutive"`` (``frames`` frames ``stride`` apart), ``"segments"``
+    (TSN/TSM: one frame from each of ``frames`` equal segments) or ``"uniform"`` (the paper's
+    I3D: ``frames`` instants evenly spread over the whole clip, defined in seconds, so any
+    frame rate gives the same instants; ``stride`` is unused). ``crop``: output side in
     pixels. ``resize``: short side before cropping (default ``round(crop*256/224)``).
     ``flip``: random horizontal flips in training.
     """
@@ -145,12 +167,14 @@ def frame_indices(
         else:
             a = int(round(view * room / (num_views - 1)))
         return a + np.arange(T, dtype=np.int64) * s
-    # segments
-    if train:
+    if spec.mode == "uniform":   # one offset for the whole grid (module docstring)
+        u = float(rng.random()) if train else (view + 0.5) / max(num_views, 1)
+    elif train:                  # segments: one offset per segment
         u = rng.random(T)
     else:
         u = np.full(T, (view + 0.5) / max(num_views, 1))
-    idx = np.floor((np.arange(T) + u) * n / T).astype(np.int64)
+    # + 1e-9: (t+u)*n/T is an exact integer in theory (e.g. t*75/75); keep float error below it
+    idx = np.floor((np.arange(T) + u) * n / T + 1e-9).astype(np.int64)
     return np.clip(idx, 0, n - 1)
 
 
@@ -202,8 +226,10 @@ def plan_views(
     epoch: int = 0,
     sample: int = 0,
     views=1,
+    audio_whole: bool = False,
 ) -> List[ViewPlan]:
-    """All views of one sample, temporal-major (view ``v = j*spatial + k``)."""
+    """All views of one sample, temporal-major (view ``v = j*spatial + k``); ``audio_whole``:
+    every view's audio window starts at 0 (an audio-only model hears the whole clip)."""
     nt, ns = view_grid(views)
     rhw = resized_size(height, width, spec.short_side)
     out = []
@@ -215,15 +241,43 @@ def plan_views(
             y, x = crop_window(rhw, spec.crop, rng, train=train, view=k, num_views=ns)
             flip = bool(train and spec.flip and rng.random() < 0.5)
             a0 = float(idx[0]) / float(fps) if spec.mode == "consecutive" else 0.0
+            if audio_whole:
+                a0 = 0.0
             out.append(ViewPlan(indices=idx, resize_hw=rhw, crop_yx=(y, x), crop=int(spec.crop), flip=flip, audio_start=a0))
     return out
 
 
-def audio_seconds(spec: ClipSpec, fps: float, video_seconds: float) -> float:
-    """Length of a view's audio window: the clip's span (consecutive) or the video (segments)."""
-    if spec.mode == "consecutive":
+def audio_seconds(spec: ClipSpec, fps: float, video_seconds: float, whole: bool = False) -> float:
+    """Length of a view's audio window: the clip's span (consecutive) or the video (segments,
+    uniform, and every mode when ``whole``: an audio-only model hears the whole clip)."""
+    if spec.mode == "consecutive" and not whole:
         return spec.span / float(fps)
     return float(video_seconds)
+
+
+def frames_needed(spec: ClipSpec) -> int:
+    """Distinct frames one clip of ``spec`` reads from a long enough video: the span of a
+    consecutive clip, ``T`` for segments and uniform."""
+    return spec.span if spec.mode == "consecutive" else int(spec.frames)
+
+
+def coverage_problem(spec: ClipSpec, fps: float, seconds: float, preset: Optional[str] = None) -> Optional[str]:
+    """One line when shards of ``fps`` x ``seconds`` (``floor(fps*seconds)`` frames per clip)
+    hold fewer frames than ``spec`` needs, so that its clips would repeat frames; else None."""
+    have = int(np.floor(float(fps) * float(seconds) + 1e-6))
+    need = frames_needed(spec)
+    if have <= 0 or need <= have:
+        return None
+    what = f"{spec.frames} frames at stride {spec.stride}" if spec.mode == "consecutive" else f"{spec.frames} frames"
+    packed = f"preset {preset!r}, " if preset else ""
+    full = preset == "full" or float(fps) >= 25.0
+    if spec.mode == "consecutive":
+        fix = "use clip mode 'uniform' (defined in seconds) or " + (
+            "a smaller stride" if full else "shards packed with --preset full")
+    else:
+        fix = f"use shards with at least {need} frames per clip" + ("" if full else " (e.g. --preset full)")
+    return (f"clip spec {spec.mode} ({what}) needs {need} distinct frames per clip but the shards hold {have} "
+            f"({packed}{float(fps):.3g} fps x {float(seconds):.3g} s): frames will repeat; {fix}")
 
 
 def audio_window(waveform: Optional[np.ndarray], start_s: float, num_samples: int, sample_rate: int) -> np.ndarray:

@@ -5,17 +5,31 @@ Every backend implements one contract per loss::
     fn(logits, targets, weights, need_grad, scale=1.0) -> (loss_rows, dlogits or None)
 
 ``loss_rows[b]`` is row b's loss (paper.md section 2) in float32 (float64 for float64
-logits); ``dlogits[b] = scale * d loss_rows[b] / d logits[b]`` in the logits' dtype, computed
-in the same pass as the loss (fused forward + backward). ``scale`` carries the reduction
-(1/B for ``'mean'``) so that the usual ``loss.backward()`` (grad_output = 1) returns the
-stored gradient with no further pass over B x C.
+logits); ``dlogits[b] = scale * d loss_rows[b] / d logits[b]`` in the accumulation dtype
+(float32; float64 for float64 logits), computed in the same pass as the loss (fused forward +
+backward). ``scale`` carries the reduction (1/B for ``'mean'``) so that the usual
+``loss.backward()`` (grad_output = 1) returns the stored gradient with no further pass.
+
+Backward, with no host synchronisation on any device:
+
+* float32/float64 logits, ``'mean'``/``'sum'``: the stored gradient is scaled in place by
+  grad_output by the backend's ``scale_grad_`` -- C++ reads the factor from CPU memory, the
+  Triton kernel reads it on the device; both skip the pass when it is 1. The stored tensor
+  is what backward returns, so a second backward (``retain_graph=True``) recomputes it.
+* float16/bfloat16 logits: the float32 gradient is multiplied by grad_output in float32 and
+  cast to the logits' dtype once (a GradScaler's 65536 neither overflows float16 nor meets
+  small entries already flushed to zero).
+* ``'none'``: ``dlogits * grad_output[:, None]``, then the same single cast.
+* ``wlsep_loss(normalize='pair')``: the pair count stays a tensor (``targets.sum()``); the
+  mean divides by it and backward folds ``1 / count`` into grad_output.
 
 Backends: ``"triton"`` (``mmit_fast.kernels``: CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``), ``"cpp"`` (``mmit_fast._C``: CPU tensors), ``"torch"`` (any device).
 The choice, made in :func:`select_backend` and nowhere else:
 
 1. the explicit ``backend=`` argument, else
-2. the environment variable ``MMIT_LOSS_BACKEND`` (``triton`` / ``cpp`` / ``torch`` / ``auto``), else
+2. the environment variable ``MMIT_LOSS_BACKEND`` (``triton`` / ``cpp`` / ``torch`` / ``auto``; read
+   on every call, ``os.environ.get``, about a microsecond: setting it takes effect at once), else
 3. the device: CUDA -> triton (torch if Triton cannot be imported, or for float64 logits),
    CPU -> cpp (torch if the extension is not built).
 
@@ -98,43 +112,77 @@ def backend_fn(name: str, backend: str):
     return getattr(importlib.import_module(f"mmit_fast.kernels.{mod}"), fn)
 
 
+def scale_grad_fn(backend: str):
+    """The backend's in-place ``scale_grad_(g, factor)`` (no pass when factor == 1, no sync)."""
+    if backend == "cpp":
+        return _cpp.scale_grad_
+    if backend == "triton":
+        return importlib.import_module("mmit_fast.kernels._common").scale_grad_
+    return torch_impl.scale_grad_
+
+
 class LossFunction(torch.autograd.Function):
-    """Fused loss: forward computes the row losses and (if needed) the gradient in one call."""
+    """Fused loss: forward computes the row losses and (if needed) the gradient in one call.
+
+    ``spec = (name, reduction, backend)``: one argument, not three (each argument of ``apply``
+    costs a little on every call). The C++ backend also reduces ``'mean'`` / ``'sum'`` in the
+    kernel call (``reduce=``): the 0-d loss comes back directly, with no torch op after it."""
 
     @staticmethod
-    def forward(ctx, logits, targets, weights, name, reduction, backend, pair_count):
-        impl = backend_fn(name, select_backend(logits, backend))
-        need_grad = bool(ctx.needs_input_grad[0])
-        B = logits.shape[0]
-        if reduction == "mean":
-            denom = float(pair_count) if pair_count is not None else float(max(B, 1))
-            scale = 1.0 / denom
+    def forward(ctx, logits, targets, weights, pair_count, spec):
+        name, reduction, backend = spec
+        chosen = select_backend(logits, backend)
+        need_grad = ctx.needs_input_grad[0]
+        scale = 1.0 / max(logits.shape[0], 1) if reduction == "mean" and pair_count is None else 1.0
+        fn = backend_fn(name, chosen)
+        if chosen == "cpp" and reduction != "none" and pair_count is None:
+            out, g = fn(logits, targets, weights, need_grad, scale, reduce=scale)
         else:
-            scale = 1.0
-        rows, g = impl(logits, targets, weights, need_grad, scale)
-        if reduction == "none":
-            out = rows
-        elif reduction == "sum":
-            out = rows.sum()
-        else:
-            out = rows.sum() * scale
-        ctx.reduction = reduction
-        if need_grad:
-            ctx.save_for_backward(g)
+            rows, g = fn(logits, targets, weights, need_grad, scale)
+            if reduction == "none":
+                out = rows
+            elif reduction == "sum":
+                out = rows.sum()
+            elif pair_count is not None:
+                out = rows.sum() / pair_count.to(rows.dtype)
+            else:
+                out = rows.sum() * scale
+        ctx.reduction, ctx.name, ctx.backend, ctx.scale = reduction, name, chosen, scale
+        ctx.out_dtype, ctx.g_returned = logits.dtype, False
+        if need_grad:  # g on ctx, not saved: backward scales it in place (no version-counter check);
+            ctx.g, ctx.pair_count = g, pair_count  # the inputs are saved for a recompute only
+            ctx.save_for_backward(logits, targets, weights)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        (g,) = ctx.saved_tensors
-        if ctx.reduction == "none":
-            grad = g * grad_out.to(g.dtype)[:, None]
-        elif grad_out.numel() == 1 and torch.equal(grad_out, torch.ones_like(grad_out)):
-            grad = g  # the common loss.backward(): the fused gradient as is, no extra pass
-        else:
-            grad = g * grad_out.to(g.dtype)
-        return grad, None, None, None, None, None, None
+        # create_graph=True: the gradient is not differentiable again -- once_differentiable's
+        # error on a double backward; otherwise (grad mode is off) its wrapper would only cost time
+        if torch.is_grad_enabled():
+            return _backward_once(ctx, grad_out)
+        return _backward(ctx, grad_out)
+
+
+def _backward(ctx, grad_out):
+    g, pair_count = ctx.g, ctx.pair_count
+    if ctx.g_returned:  # a second backward: the first one handed out (and scaled) g itself
+        logits, targets, weights = ctx.saved_tensors
+        g = backend_fn(ctx.name, ctx.backend)(logits, targets, weights, True, ctx.scale)[1]
+    go = grad_out if grad_out.dtype is g.dtype else grad_out.to(g.dtype)
+    if pair_count is not None:
+        go = go / pair_count.to(g.dtype)
+    if ctx.reduction == "none":
+        grad = (g * go[:, None]).to(ctx.out_dtype)
+    elif g.dtype is not ctx.out_dtype:
+        grad = (g * go).to(ctx.out_dtype)  # float32 multiply, one cast (float16 / bfloat16 logits)
+    else:
+        grad = scale_grad_fn(ctx.backend)(g, go)  # in place; no pass at all when go == 1
+        ctx.g_returned = True
+    return grad, None, None, None, None
+
+
+_backward_once = once_differentiable(_backward)
 
 
 def apply_loss(name, logits, targets, weights, reduction, backend, pair_count=None):
-    return LossFunction.apply(logits, targets, weights, name, reduction, backend, pair_count)
+    return LossFunction.apply(logits, targets, weights, pair_count, (name, reduction, backend))

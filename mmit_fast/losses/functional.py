@@ -20,7 +20,8 @@ A row with no positive or no negative gives 0 loss and 0 gradient for the rankin
 (``'none'`` then returns the un-normalised row sums).
 
 Inputs: ``logits`` [B, C] float16 / bfloat16 / float32 / float64; ``targets`` [B, C] multi-hot
-(bool, uint8, integer or float holding only 0 and 1), same device; ``weights`` None or C
+(bool, uint8, integer or float holding only 0 and 1 -- bool, uint8 and float32/64 are read by
+the kernels as they are and validated there, see ``errors.py``), same device; ``weights`` None or C
 non-negative finite numbers. Accumulation is float32 (float64 for float64 logits); the loss
 comes back as float32 (float64) and the gradient in the logits' dtype. Inputs are never
 written to. ``check_finite=True`` raises on NaN/Inf logits (by default they propagate, as in
@@ -33,6 +34,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .errors import BadTargets
 from .function import apply_loss
 
 __all__ = ["bce_loss", "warp_loss", "lsep_loss", "wlsep_loss", "BCELoss", "WARPLoss", "LSEPLoss", "WLSEPLoss",
@@ -67,11 +69,7 @@ def _validate(name, logits, targets, weights, reduction, check_finite, weights_c
         raise ValueError(f"{name}: targets are on {targets.device} but logits on {logits.device}")
     if targets.is_complex():
         raise ValueError(f"{name}: targets dtype {targets.dtype} is not a multi-hot type (bool, uint8, int or float)")
-    if targets.dtype != torch.bool and targets.numel():
-        bad = (targets != 0) & (targets != 1)
-        if bool(bad.any()):
-            b, c = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(f"{name}: targets must be multi-hot (0 or 1); targets[{b}, {c}] = {targets[b, c].item()}")
+    # the 0/1 values are checked by the kernels while they read the targets (errors.py)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if check_finite and logits.numel() and not bool(torch.isfinite(logits).all()):
@@ -80,6 +78,10 @@ def _validate(name, logits, targets, weights, reduction, check_finite, weights_c
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     if weights is None:
         return None
+    if (weights_checked and type(weights) is torch.Tensor and weights.dtype is acc and weights.dim() == 1
+            and weights.shape[0] == C and weights.device == logits.device and weights.is_contiguous()
+            and not weights.requires_grad):
+        return weights  # a module's buffer, already checked: used as it is (no per-call copy or op)
     w = torch.as_tensor(weights)
     if w.is_complex() or not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
         raise ValueError(f"{name}: weights must be real numbers, got dtype {w.dtype}")
@@ -94,9 +96,13 @@ def _validate(name, logits, targets, weights, reduction, check_finite, weights_c
 def _run(name, kernel, logits, targets, weights, reduction, backend, check_finite, pair=False, weights_checked=False):
     w = _validate(name, logits, targets, weights, reduction, check_finite, weights_checked)
     pair_count = None
-    if pair and reduction == "mean":
-        pair_count = max(float(targets.sum()), 1.0)
-    return apply_loss(kernel, logits, targets, w, reduction, backend, pair_count)
+    if pair and reduction == "mean":  # a tensor: no host sync (function.py divides by it)
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        pair_count = (targets != 0).sum(dtype=acc).clamp_min(1.0)
+    try:
+        return apply_loss(kernel, logits, targets, w, reduction, backend, pair_count)
+    except BadTargets as e:
+        raise e.with_name(name) from None
 
 
 def bce_loss(logits, targets, weights=None, reduction="mean", *, backend=None, check_finite=False):

@@ -5,10 +5,13 @@ Backend contract (shared with the C++ and Triton backends, see ``function.py``):
     fn(logits, targets, weights, need_grad, scale=1.0) -> (loss_rows, dlogits or None)
 
 * ``logits``  [B, C] float16/bfloat16/float32/float64, contiguous;
-* ``targets`` [B, C] bool/uint8/float with values in {0, 1};
+* ``targets`` [B, C] bool/uint8/float with values in {0, 1} (checked here while they are
+  turned into a mask: on CPU a bad value raises ``BadTargets`` at once; on CUDA, without a
+  host sync, the bad rows' loss and gradient become NaN and the device's error flag is set --
+  see ``errors.py``);
 * ``weights`` None or a float32 (float64 for float64 logits) tensor [C] on the same device;
 * ``loss_rows`` [B] float32 (float64 for float64 logits): each row's loss (paper.md section 2);
-* ``dlogits``  [B, C] in the logits' dtype: ``scale * d loss_rows[b] / d logits[b]``.
+* ``dlogits``  [B, C] float32 (float64 for float64 logits): ``scale * d loss_rows[b] / d logits[b]``.
 
 Math per row (x = logits row, Y positives, N negatives, w weights):
 
@@ -29,10 +32,15 @@ Memory is O(B*C) for all four losses.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bce", "lsep", "wlsep", "wlsep_pair", "warp", "harmonic_table"]
+from . import errors
+from .errors import BadTargets, device_flag, first_bad_target
+
+__all__ = ["bce", "lsep", "wlsep", "wlsep_pair", "warp", "harmonic_table", "scale_grad_"]
 
 _NEG_INF = float("-inf")
 
@@ -49,6 +57,46 @@ def _prep(logits, targets, weights):
     return x, y, w
 
 
+def _bad_rows(targets):
+    """None when every target is 0 or 1. CPU: raise ``BadTargets`` naming the first bad one.
+    CUDA (no host sync): record it in the device's error flag and return the [B] mask of the
+    bad rows, which the caller poisons with NaN."""
+    if targets.dtype == torch.bool or not targets.numel():
+        return None
+    if not errors.lazy_errors(targets.device):
+        bad = first_bad_target(targets)
+        if bad is not None:
+            raise BadTargets(*bad)
+        return None
+    bad = (targets != 0) & (targets != 1)
+    B, C = bad.shape
+    cols = torch.arange(C, device=bad.device, dtype=torch.int64)
+    first = torch.where(bad, cols + (torch.arange(B, device=bad.device, dtype=torch.int64) << 32)[:, None],
+                        torch.full_like(cols, torch.iinfo(torch.int64).max))
+    flag, _ = device_flag(bad.device)
+    torch.minimum(flag, first.min().reshape(1), out=flag)
+    return bad.any(1)
+
+
+def _guarded(fn):
+    """Run a contract function, then poison the rows whose targets are not 0 or 1 (CUDA)."""
+    @functools.wraps(fn)
+    def run(logits, targets, weights, need_grad, scale=1.0):
+        bad = _bad_rows(targets)
+        rows, g = fn(logits, targets, weights, need_grad, scale)
+        if bad is not None:
+            rows = torch.where(bad, torch.full_like(rows, float("nan")), rows)
+            if g is not None:
+                g = torch.where(bad[:, None], torch.full_like(g, float("nan")), g)
+        return rows, g
+    return run
+
+
+def scale_grad_(g, factor):
+    """``g *= factor`` in place (always a pass: this is the fallback backend)."""
+    return g.mul_(factor)
+
+
 def harmonic_table(n: int, device, dtype=torch.float32) -> torch.Tensor:
     """``H[r] = sum_{k=1..r} 1/k`` for r = 0..n (H[0] = 0), summed in float64."""
     h = torch.zeros(n + 1, dtype=torch.float64, device=device)
@@ -57,6 +105,7 @@ def harmonic_table(n: int, device, dtype=torch.float32) -> torch.Tensor:
     return h.to(dtype)
 
 
+@_guarded
 def bce(logits, targets, weights, need_grad, scale=1.0):
     x, y, w = _prep(logits, targets, weights)
     yf = y.to(x.dtype)
@@ -69,13 +118,14 @@ def bce(logits, targets, weights, need_grad, scale=1.0):
     g = torch.sigmoid(x) - yf
     if w is not None:
         g = g * w
-    return rows, (g * scale).to(logits.dtype)
+    return rows, g * scale
 
 
 def _lse(v, mask):
     return torch.logsumexp(torch.where(mask, v, torch.full_like(v, _NEG_INF)), dim=1)
 
 
+@_guarded
 def lsep(logits, targets, weights, need_grad, scale=1.0):
     x, y, w = _prep(logits, targets, weights)
     neg = ~y
@@ -95,7 +145,7 @@ def lsep(logits, targets, weights, need_grad, scale=1.0):
     vr = valid[:, None]
     gneg = torch.where(vr & neg, s * torch.exp(x - A[:, None]), torch.zeros_like(x))
     gpos = torch.where(vr & pmask, -s * torch.exp(bv - B[:, None]), torch.zeros_like(x))
-    return rows, ((gneg + gpos) * scale).to(logits.dtype)
+    return rows, (gneg + gpos) * scale
 
 
 def _wlsep(logits, targets, weights, need_grad, scale, pair):
@@ -117,18 +167,21 @@ def _wlsep(logits, targets, weights, need_grad, scale, pair):
     sg = c * torch.sigmoid(t_safe)
     S = sg.sum(1, keepdim=True)
     gneg = torch.where(valid & neg, S * torch.exp(x - A), torch.zeros_like(x))
-    return rows, ((gneg - sg) * scale).to(logits.dtype)
+    return rows, (gneg - sg) * scale
 
 
+@_guarded
 def wlsep(logits, targets, weights, need_grad, scale=1.0):
     return _wlsep(logits, targets, weights, need_grad, scale, pair=False)
 
 
+@_guarded
 def wlsep_pair(logits, targets, weights, need_grad, scale=1.0):
     """wLSEP row values without the 1/|Y| (the batch is normalised by the pair count)."""
     return _wlsep(logits, targets, weights, need_grad, scale, pair=True)
 
 
+@_guarded
 def warp(logits, targets, weights, need_grad, scale=1.0):
     x, y, w = _prep(logits, targets, weights)
     Bsz, C = x.shape
@@ -162,4 +215,4 @@ def warp(logits, targets, weights, need_grad, scale=1.0):
     lt = torch.searchsorted(xp, (x + 1.0).contiguous(), right=False)
     gneg = torch.gather(ccum, 1, lt)
     g = torch.where(valid & neg, gneg, torch.where(valid & y, gpos, torch.zeros_like(gpos)))
-    return rows, (g * scale).to(logits.dtype)
+    return rows, (g * scale).to(x.dtype)

@@ -9,6 +9,10 @@ tsm        video        depth=50, width=64, segments=8, fold_div=8
 soundnet   audio        width=16
 fusion     audio-video  depth/width (video branch), video_model="i3d", audio_width=16,
                         video_pretrained=None, audio_pretrained=None, freeze_backbones=False
+moments-   video        depth=50, width=64: the Moments in Time authors' 3D ResNet
+resnet3d                (:mod:`mmit_fast.models.moments`; their weights: ``mmit import-weights``)
+moments-   video        depth=50, width=64: a torchvision-layout 2D ResNet applied per frame,
+resnet2d                logits averaged over time (the authors' 2D ResNet-50)
 =========  ===========  ================================================================
 
 Every model also takes ``dropout`` (before the classifier) and ``pretrained``: ``None`` (train
@@ -29,6 +33,7 @@ from torch import nn
 
 from .base import ClipClassifier, load_matching, read_state_dict
 from .fusion import Fusion
+from .moments import FrameResNet2D, MomentsResNet3D
 from .resnet3d import I3D, inflate_from_2d
 from .soundnet import SoundNet
 from .tsm import TSM, load_2d_into_tsm
@@ -83,7 +88,16 @@ def _fusion(num_classes, depth=None, width=None, dropout=0.0, video_model="i3d",
     return m
 
 
-MODELS: Dict[str, Callable[..., ClipClassifier]] = {"i3d": _i3d, "tsm": _tsm, "soundnet": _soundnet, "fusion": _fusion}
+def _moments3d(num_classes, depth=None, width=None, dropout=0.0):
+    return MomentsResNet3D(num_classes, depth=depth or 50, width=width or 64, dropout=dropout)
+
+
+def _moments2d(num_classes, depth=None, width=None, dropout=0.0):
+    return FrameResNet2D(num_classes, depth=depth or 50, width=width or 64, dropout=dropout)
+
+
+MODELS: Dict[str, Callable[..., ClipClassifier]] = {"i3d": _i3d, "tsm": _tsm, "soundnet": _soundnet, "fusion": _fusion,
+                                                   "moments-resnet3d": _moments3d, "moments-resnet2d": _moments2d}
 
 
 def create_model(name: str, num_classes: int, *, depth: Optional[int] = None, width: Optional[int] = None,
@@ -133,9 +147,9 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     m = getattr(model, "module", model)
     if isinstance(m, Fusion):
         to_channels_last(m.video)
-    elif isinstance(m, I3D):
+    elif isinstance(m, (I3D, MomentsResNet3D)):
         m.to(memory_format=torch.channels_last_3d)
-    elif isinstance(m, TSM):
+    elif isinstance(m, (TSM, FrameResNet2D)):
         m.to(memory_format=torch.channels_last)
     return model
 

@@ -8,11 +8,12 @@
 """
 from .annotations import AnnotationError, read_annotations, read_categories
 from .inspect import inspect_shard, validate_dataset
-from .packer import merge_parts, write_split
-from .transcode import CODECS, EncodeSpec, RejectedInput, ffmpeg_exe
+from .packer import merge_parts, split_report, write_split
+from .transcode import CODECS, AttemptFailed, EncodeSpec, RejectedInput, ffmpeg_exe
 from .videos import pack_videos
+from .writer import ShardWriteError
 
 __all__ = [
     "pack_videos", "merge_parts", "inspect_shard", "validate_dataset", "write_split", "EncodeSpec",
-    "RejectedInput", "AnnotationError", "read_annotations", "read_categories", "CODECS", "ffmpeg_exe",
+    "RejectedInput", "AttemptFailed", "ShardWriteError", "split_report", "AnnotationError", "read_annotations", "read_categories", "CODECS", "ffmpeg_exe",
 ]

@@ -9,11 +9,16 @@
 
 A label outside the vocabulary is an :class:`AnnotationError` naming the file, line and
 video, unless ``drop_unknown`` (then the label is dropped; a row left with no label is
-rejected with that reason). A video listed twice is rejected the second time.
+rejected with that reason). A video listed twice is rejected the second time; "twice" means
+the same file, whatever the spelling (``a.mp4``, ``./a.mp4``, ``dir//../a.mp4``, a symlink or
+a hard link to it): paths are compared by the file they resolve to under the video root.
+Both files must be UTF-8 (a BOM is allowed); any other byte is an error naming file, line and
+byte.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,13 +39,30 @@ class Annotation:
     dropped: List[str] = field(default_factory=list)   # unknown labels dropped (drop_unknown)
 
 
+def read_text(path: str, what: str = "annotation file") -> str:
+    """The UTF-8 text of ``path`` (BOM dropped); an :class:`AnnotationError` naming the line,
+    column and byte when it is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise AnnotationError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AnnotationError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col}); "
+                              "save the file as UTF-8") from None
+
+
 def read_categories(path: str) -> List[str]:
     """The vocabulary: class names in id order."""
     if not os.path.exists(path):
         raise AnnotationError(f"categories file {path} does not exist")
     classes: List[str] = []
     seen: Dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(path, "categories file")) as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
             if not line:
@@ -63,23 +85,23 @@ def read_categories(path: str) -> List[str]:
     return classes
 
 
-def _detect_jsonl(path: str) -> bool:
+def _detect_jsonl(path: str, text: str) -> bool:
     if path.endswith((".jsonl", ".json", ".ndjson")):
         return True
     if path.endswith((".csv", ".txt")):
         return False
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("{")
+    for line in text.splitlines():
+        if line.strip():
+            return line.lstrip().startswith("{")
     return False
 
 
 def _raw_rows(path: str) -> List[Tuple[int, str, List[str]]]:
     """``(line, video path, labels)`` for each non-empty row."""
     rows = []
-    if _detect_jsonl(path):
-        with open(path, encoding="utf-8-sig") as f:
+    text = read_text(path)
+    if _detect_jsonl(path, text):
+        with io.StringIO(text) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -96,7 +118,7 @@ def _raw_rows(path: str) -> List[Tuple[int, str, List[str]]]:
                     raise AnnotationError(f"{path}:{lineno}: 'labels' must be a list of class names")
                 rows.append((lineno, str(obj["path"]), [x.strip() for x in labels if x.strip()]))
     else:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(text, newline="") as f:
             reader = csv.reader(f)
             for fields in reader:
                 lineno = reader.line_num
@@ -107,10 +129,25 @@ def _raw_rows(path: str) -> List[Tuple[int, str, List[str]]]:
     return rows
 
 
-def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = False
-                     ) -> Tuple[List[Annotation], List[Dict]]:
+def file_identity(video_root: Optional[str], vpath: str):
+    """What makes two spellings one video: ``(device, inode)`` of the file when it exists
+    (symlinks followed, so hard links and symlinks count as the same file), else its
+    resolved absolute path (``os.path.realpath``); without a root, the normalised path."""
+    if video_root is None:
+        return os.path.normpath(vpath)
+    full = vpath if os.path.isabs(vpath) else os.path.join(video_root, vpath)
+    try:
+        st = os.stat(full)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return os.path.realpath(full)
+
+
+def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = False,
+                     video_root: Optional[str] = None) -> Tuple[List[Annotation], List[Dict]]:
     """Parse ``path`` against ``classes``; return ``(rows, rejected)`` where rejected rows are
-    ``{"source", "reason", "line", "index"}`` (no labels left, duplicate video)."""
+    ``{"source", "reason", "line", "index"}`` (no labels left, duplicate video: the same file
+    as an earlier row, compared by :func:`file_identity` under ``video_root``)."""
     if not os.path.exists(path):
         raise AnnotationError(f"annotation file {path} does not exist")
     ids = {c: i for i, c in enumerate(classes)}
@@ -119,7 +156,7 @@ def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = Fal
         raw = raw[1:]
     out: List[Annotation] = []
     rejected: List[Dict] = []
-    first_line: Dict[str, int] = {}
+    first: Dict[object, Tuple[int, str, List[str]]] = {}   # file identity -> (line, path, labels)
     for index, (lineno, vpath, labels) in enumerate(raw):
         if not vpath:
             raise AnnotationError(f"{path}:{lineno}: empty video path")
@@ -132,11 +169,15 @@ def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = Fal
         for l in labels:
             if l in ids and l not in known:
                 known.append(l)
-        if vpath in first_line:
+        ident = file_identity(video_root, vpath)
+        if ident in first:
+            line0, path0, labels0 = first[ident]
+            same = "" if path0 == vpath else f" as {path0!r}"
+            clash = f"; its labels {known} differ from that row's {labels0}, which are kept" if known != labels0 else ""
             rejected.append({"source": vpath, "line": lineno, "index": index,
-                             "reason": f"duplicate: the video is already listed on line {first_line[vpath]}"})
+                             "reason": f"duplicate: the same file is already listed{same} on line {line0}{clash}"})
             continue
-        first_line[vpath] = lineno
+        first[ident] = (lineno, vpath, known)
         if not known:
             why = f"no known labels (dropped unknown {unknown})" if unknown else "no labels"
             rejected.append({"source": vpath, "line": lineno, "index": index, "reason": why})
@@ -146,10 +187,36 @@ def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = Fal
     return out, rejected
 
 
+def slurm_part(env=None) -> Tuple[int, int]:
+    """``(i, N)`` of this task of a Slurm job array: ``i = SLURM_ARRAY_TASK_ID -
+    SLURM_ARRAY_TASK_MIN`` (MIN defaults to 0), ``N = SLURM_ARRAY_TASK_COUNT``. The array must
+    be a contiguous range (``--array=0-15`` or ``1-16``, any ``%`` limit): steps or lists
+    would leave parts unpacked, so they are an error."""
+    env = os.environ if env is None else env
+    need = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+    if any(k not in env for k in need):
+        raise ValueError("--part auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, which are not set: "
+                         "run it inside `sbatch --array=0-N` (or give --part i/N)")
+    try:
+        tid, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        hi = int(env.get("SLURM_ARRAY_TASK_MAX", lo + count - 1))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1))
+    except ValueError:
+        raise ValueError("--part auto: the SLURM_ARRAY_TASK_* variables are not integers") from None
+    if step != 1 or hi - lo + 1 != count:
+        raise ValueError(f"--part auto needs a contiguous job array (e.g. --array=0-{count - 1}); this one runs "
+                         f"{count} tasks over ids {lo}..{hi} step {step}, which would leave parts unpacked")
+    return parse_part((tid - lo, count))
+
+
 def parse_part(part) -> Optional[Tuple[int, int]]:
-    """``"2/8"`` or ``(2, 8)`` -> ``(2, 8)``; ``None`` stays ``None``."""
+    """``"2/8"`` or ``(2, 8)`` -> ``(2, 8)``; ``"auto"``: this Slurm array task's
+    (:func:`slurm_part`); ``None`` stays ``None``."""
     if part is None:
         return None
+    if isinstance(part, str) and part.strip().lower() == "auto":
+        return slurm_part()
     if isinstance(part, str):
         try:
             i, n = (int(x) for x in part.split("/"))

@@ -11,6 +11,16 @@ deletes leftover temporaries, re-reads the keys of the final shards of this spli
 reads the rejection journal (``.<manifest>.<split>.rejected.jsonl``, appended and fsynced per
 rejection), and packs only the remaining jobs into new shards numbered after the last one.
 Samples that were in the unfinished shard are packed again: none is lost or duplicated.
+A job that was not packed for a non-input reason (an attempt that failed: ffmpeg killed, no
+memory, disk full; an unexpected error) is journaled with ``"retry": true`` and tried again
+by every ``--resume``; only inputs that are bad stay rejected. A job may carry its
+annotation row (``Job.row``): its digest is stored in the sample's metadata (``row_digest``)
+and in the journal, and a resume whose rows changed since the shards were written (a label
+fixed) refuses and names the rows; a changed row that had been rejected is simply retried.
+
+Status. The state file (``.<manifest>.<split>.state.json``) says whether the split finished
+(``"finished"``) and how many jobs wait for a retry (``"to_retry"``); the manifest's split
+entry repeats ``to_retry``. :func:`merge_parts` refuses parts that did not finish.
 
 Parts. ``part=(i, N)`` writes shards ``{split}-pIIII-NNNNNN.tar`` and ``manifest-pIIII.json``;
 :func:`merge_parts` joins the part manifests into ``manifest.json``.
@@ -18,6 +28,7 @@ Parts. ``part=(i, N)`` writes shards ``{split}-pIIII-NNNNNN.tar`` and ``manifest
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -29,8 +40,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import shards as S
 from .._io import atomic_write_json
-from .transcode import EncodeSpec, RejectedInput, _die_with_parent
-from .writer import Sample, ShardWriter, _readable, iter_tar_samples, split_stats, write_index
+from .transcode import AttemptFailed, EncodeSpec, RejectedInput, _die_with_parent
+from .writer import Sample, ShardWriteError, ShardWriter, _readable, iter_tar_samples, split_stats, write_index
 
 
 @dataclass
@@ -38,6 +49,16 @@ class Job:
     key: str
     source: str
     payload: Any = None
+    row: Optional[Dict] = None     # the annotation row (e.g. line, source, labels): its digest guards --resume
+
+    @property
+    def digest(self) -> str:
+        """Digest of ``row`` ("" without one): 16 hex digits of SHA-256 of its sorted JSON,
+        without its ``line`` (where the row sits is not what it says)."""
+        if not self.row:
+            return ""
+        row = {k: v for k, v in self.row.items() if k != "line"}
+        return hashlib.sha256(json.dumps(row, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -45,6 +66,7 @@ class Rejected:
     key: str
     source: str
     reason: str
+    retry: bool = False            # True: not the input's fault; --resume tries it again
 
 
 def _worker_init():  # pragma: no cover - runs in pool workers
@@ -53,13 +75,17 @@ def _worker_init():  # pragma: no cover - runs in pool workers
 
 
 def _safe_call(fn, job: Job):
-    """Run ``fn(job)``; turn :class:`RejectedInput` (and unexpected errors) into :class:`Rejected`."""
+    """Run ``fn(job)``; turn :class:`RejectedInput` into a rejection and failed attempts (and
+    unexpected errors) into a :class:`Rejected` to retry."""
     try:
         return fn(job)
     except RejectedInput as e:
         return Rejected(job.key, job.source, e.reason)
-    except Exception as e:  # a bug or an ffmpeg failure on this input: reject it, name it
-        return Rejected(job.key, job.source, f"{type(e).__name__}: {str(e)[:300]}")
+    except AttemptFailed as e:
+        return Rejected(job.key, job.source, f"not packed, to retry: {e.reason}", retry=True)
+    except Exception as e:  # a bug or a machine failure, not the input's: name it, retry it on --resume
+        return Rejected(job.key, job.source, f"not packed, to retry: unexpected {type(e).__name__}: {str(e)[:300]}",
+                        retry=True)
 
 
 class _Call:
@@ -141,31 +167,63 @@ def _compatible_manifest(mpath: str, classes: Sequence[str], spec: EncodeSpec) -
     return man
 
 
-def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[Job], Sample], *,
-                classes: Sequence[str], spec: EncodeSpec, part: Optional[Tuple[int, int]] = None,
-                workers: int = 2, shard_samples: int = 1000, shard_bytes: int = 1 << 30,
-                resume: bool = False, overwrite: bool = False, pre_rejected: Sequence[Dict] = (),
-                source_info: Optional[Dict] = None, progress: bool = True, desc: str = "pack") -> S.Manifest:
-    """Pack ``jobs`` of one split into ``out_dir``; update and return the (part) manifest."""
-    if split not in S.SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {S.SPLITS}")
-    keys = [j.key for j in jobs]
-    for k in keys:
-        S.validate_key(k)
-    if len(set(keys)) != len(keys):
-        raise ValueError("job keys must be unique")
-    part_i = part[0] if part else None
-    os.makedirs(out_dir, exist_ok=True)
-    _compatible_manifest(os.path.join(out_dir, S.manifest_name(part_i)), classes, spec)  # fail before any work
-    state = {"classes": list(classes), "video": spec.video_manifest(), "audio": spec.audio_manifest(),
-             "part": list(part) if part else None, "jobs": len(jobs)}
+@dataclass
+class _Resume:
+    """What an earlier run of this split left: finished shards, their samples, journaled rejections."""
+
+    old: List[Tuple[int, str]]
+    metas: List[Dict]
+    prior: List[S.ShardInfo]
+    rejected: List[Dict]
+
+
+def _changed_rows(metas: Sequence[Dict], by_key: Dict[str, Job]) -> List[str]:
+    """Descriptions of the packed samples whose annotation row differs from this run's."""
+    out = []
+    for m in metas:
+        job = by_key[m["key"]]
+        if job.digest and m.get("row_digest") and m["row_digest"] != job.digest:
+            row = job.row or {}
+            out.append(f"line {row.get('line', '?')} {job.source!r}: labels {m.get('labels')} -> {row.get('labels')}"
+                       if m.get("labels") != row.get("labels") else f"line {row.get('line', '?')} {job.source!r}")
+    return out
+
+
+def _read_previous(out_dir: str, split: str, part_i: Optional[int], jobs: Sequence[Job], journal: str) -> _Resume:
+    """Re-read the finished shards and the journal of an interrupted run (``--resume``)."""
+    by_key = {j.key: j for j in jobs}
+    res = _Resume(existing_shards(out_dir, split, part_i), [], [], [])
+    for _, name in res.old:
+        path = os.path.join(out_dir, name)
+        if not os.path.exists(S.index_name(path)):
+            write_index(path)
+        metas = [S.parse_sample_meta(mem[S.META_EXT], where=f"{path}:{key}")
+                 for key, mem in iter_tar_samples(path, members=[S.META_EXT])]
+        stray = [m["key"] for m in metas if m["key"] not in by_key]
+        if stray:
+            raise ValueError(f"--resume: {path} holds samples {stray[:3]} that this run does not list; "
+                             "the folder was packed from other annotations")
+        res.metas.extend(metas)
+        res.prior.append(S.ShardInfo(path=name, split=split, samples=len(metas), bytes=os.path.getsize(path),
+                                     index=S.index_name(name)))
+    changed = _changed_rows(res.metas, by_key)
+    if changed:
+        raise ValueError(f"--resume in {out_dir}: {len(changed)} annotation row(s) changed since their samples were "
+                         f"packed ({'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}): the shards hold "
+                         "the old labels; pack into a new folder or pass --overwrite")
+    # a rejection stands only if it was the input's fault and its row did not change since
+    res.rejected = [r for r in _read_journal(journal) if r.get("key") in by_key and not r.get("retry")
+                    and r.get("row_digest", "") == by_key[r["key"]].digest]
+    return res
+
+
+def _start(out_dir: str, split: str, part_i: Optional[int], jobs: Sequence[Job], state: Dict, *,
+           resume: bool, overwrite: bool) -> _Resume:
+    """Check the folder, clear what a fresh run replaces, read what a resumed run keeps; write
+    the state file (``finished: false``)."""
     state_path = _state_path(out_dir, split, part_i)
     journal = _journal_path(out_dir, split, part_i)
     old = existing_shards(out_dir, split, part_i)
-
-    done_metas: List[Dict] = []
-    prior: List[S.ShardInfo] = []
-    rejected: List[Dict] = []
     if old and not resume:
         if not overwrite:
             raise FileExistsError(
@@ -175,7 +233,6 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
             for p in (name, S.index_name(name)):
                 if os.path.exists(os.path.join(out_dir, p)):
                     os.unlink(os.path.join(out_dir, p))
-        old = []
     _cleanup_partials(out_dir, split, part_i)  # leftovers of an interrupted run of this split (and part)
     if resume and os.path.exists(state_path):
         with open(state_path, encoding="utf-8") as f:
@@ -184,56 +241,33 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
             if prev.get(k) != state[k]:
                 raise ValueError(f"--resume in {out_dir}: the interrupted run used a different {k} "
                                  f"({prev.get(k)!r} vs {state[k]!r}); use the same settings or a new folder")
-    if resume:
-        want = set(keys)
-        for _, name in old:
-            path = os.path.join(out_dir, name)
-            if not os.path.exists(S.index_name(path)):
-                write_index(path)
-            metas = []
-            for key, mem in iter_tar_samples(path, members=[S.META_EXT]):
-                metas.append(S.parse_sample_meta(mem[S.META_EXT], where=f"{path}:{key}"))
-            stray = [m["key"] for m in metas if m["key"] not in want]
-            if stray:
-                raise ValueError(f"--resume: {path} holds samples {stray[:3]} that this run does not list; "
-                                 "the folder was packed from other annotations")
-            done_metas.extend(metas)
-            prior.append(S.ShardInfo(path=name, split=split, samples=len(metas), bytes=os.path.getsize(path),
-                                     index=S.index_name(name)))
-        rejected = [r for r in _read_journal(journal) if r.get("key") in want]
-    else:
-        if os.path.exists(journal):
-            os.unlink(journal)
-    atomic_write_json(state_path, state)
+    res = _read_previous(out_dir, split, part_i, jobs, journal) if resume else _Resume([], [], [], [])
+    if not resume and os.path.exists(journal):
+        os.unlink(journal)
+    atomic_write_json(state_path, dict(state, finished=False))
+    return res
 
-    done = {m["key"] for m in done_metas} | {r["key"] for r in rejected}
-    todo = [j for j in jobs if j.key not in done]
-    metas: List[Dict] = list(done_metas)
 
-    def on_shard(info, shard_metas):
-        metas.extend(shard_metas)
-
-    writer = ShardWriter(out_dir, split, part=part_i, start_index=(old[-1][0] + 1) if old else 0,
-                         shard_samples=shard_samples, shard_bytes=shard_bytes, on_shard=on_shard)
-    call = _Call(work)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{desc} {split}", unit="clip",
-                   dynamic_ncols=True, file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
+def _run_jobs(todo: Sequence[Job], work: Callable[[Job], Sample], writer: ShardWriter, journal: str,
+              rejected: List[Dict], *, workers: int, bar) -> None:
+    """Transcode ``todo`` (in a pool), write samples in job order, journal every rejection."""
+    digests = {j.key: j.digest for j in todo}
     pool = _pool(workers) if workers > 1 and len(todo) > 1 else None
+    call = _Call(work)
     try:
         results = pool.imap(call, todo, chunksize=1) if pool else map(call, todo)
         with open(journal, "a", encoding="utf-8") as jf:
             for res in results:
                 if isinstance(res, Rejected):
-                    rec = {"key": res.key, "source": res.source, "reason": res.reason}
+                    rec = {"key": res.key, "source": res.source, "reason": res.reason, "retry": res.retry,
+                           "row_digest": digests.get(res.key, "")}
                     rejected.append(rec)
-                    jf.write(json.dumps(rec) + "\n")
-                    jf.flush()
-                    os.fsync(jf.fileno())
+                    try:
+                        jf.write(json.dumps(rec) + "\n")
+                        jf.flush()
+                        os.fsync(jf.fileno())
+                    except OSError as e:
+                        raise ShardWriteError(journal, e, what="the rejection journal") from e
                 else:
                     writer.write(res)
                 if bar is not None:
@@ -249,19 +283,76 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
         if pool:
             pool.close()
             pool.join()
+
+
+def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[Job], Sample], *,
+                classes: Sequence[str], spec: EncodeSpec, part: Optional[Tuple[int, int]] = None,
+                workers: int = 2, shard_samples: int = 1000, shard_bytes: int = 1 << 30,
+                resume: bool = False, overwrite: bool = False, pre_rejected: Sequence[Dict] = (),
+                source_info: Optional[Dict] = None, progress: bool = True, desc: str = "pack") -> S.Manifest:
+    """Pack ``jobs`` of one split into ``out_dir``; update and return the (part) manifest.
+
+    A write error (disk full, file-size limit) raises :class:`~mmit_fast.pack.writer.ShardWriteError`,
+    one line naming the file and the cause; the finished shards stay, ``resume`` continues."""
+    if split not in S.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {S.SPLITS}")
+    keys = [j.key for j in jobs]
+    for k in keys:
+        S.validate_key(k)
+    if len(set(keys)) != len(keys):
+        raise ValueError("job keys must be unique")
+    part_i = part[0] if part else None
+    os.makedirs(out_dir, exist_ok=True)
+    _compatible_manifest(os.path.join(out_dir, S.manifest_name(part_i)), classes, spec)  # fail before any work
+    state = {"classes": list(classes), "video": spec.video_manifest(), "audio": spec.audio_manifest(),
+             "part": list(part) if part else None, "jobs": len(jobs)}
+    prev = _start(out_dir, split, part_i, jobs, state, resume=resume, overwrite=overwrite)
+    rejected = list(prev.rejected)
+    done = {m["key"] for m in prev.metas} | {r["key"] for r in rejected}
+    todo = [j for j in jobs if j.key not in done]
+    metas: List[Dict] = list(prev.metas)
+    writer = ShardWriter(out_dir, split, part=part_i, start_index=(prev.old[-1][0] + 1) if prev.old else 0,
+                         shard_samples=shard_samples, shard_bytes=shard_bytes,
+                         on_shard=lambda info, shard_metas: metas.extend(shard_metas))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{desc} {split}", unit="clip",
+                   dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 15.0)
+    try:
+        _run_jobs(todo, work, writer, _journal_path(out_dir, split, part_i), rejected, workers=workers, bar=bar)
+    finally:
         if bar is not None:
             bar.close()
+    try:
+        man = _write_manifest(out_dir, split, part, keys, metas, prev.prior + writer.shards, rejected,
+                              classes=classes, spec=spec, pre_rejected=pre_rejected, source_info=source_info,
+                              # shards resumed from a run before digests existed have none in their .json
+                              digest_ok=all(S.DIGEST_FIELD in m for m in prev.metas))
+        to_retry = sum(1 for r in rejected if r.get("retry"))
+        atomic_write_json(_state_path(out_dir, split, part_i), dict(state, finished=True, to_retry=to_retry))
+    except OSError as e:
+        raise ShardWriteError(os.path.join(out_dir, S.manifest_name(part_i)), e, what="the manifest") from e
+    return man
 
-    # ---- manifest -----------------------------------------------------------------
+
+def _write_manifest(out_dir: str, split: str, part, keys: Sequence[str], metas: List[Dict],
+                    shards: List[S.ShardInfo], rejected: List[Dict], *, classes, spec: EncodeSpec,
+                    pre_rejected, source_info, digest_ok: bool) -> S.Manifest:
+    """Update the (part) manifest with this split's statistics, shards and rejections."""
+    part_i = part[0] if part else None
     order = {k: i for i, k in enumerate(keys)}
     metas.sort(key=lambda m: order.get(m["key"], 0))
-    shards = prior + writer.shards
     mpath = os.path.join(out_dir, S.manifest_name(part_i))
     man = _compatible_manifest(mpath, classes, spec) or S.Manifest(classes=list(classes))
     stats = split_stats(metas, len(classes))
     all_rejected = [dict(r, split=split) for r in pre_rejected] + [
-        {"source": r["source"], "reason": r["reason"], "key": r["key"], "split": split} for r in rejected]
+        {"source": r["source"], "reason": r["reason"], "key": r["key"], "split": split, "retry": bool(r.get("retry"))}
+        for r in rejected]
     stats["rejected"] = len(all_rejected)
+    stats["to_retry"] = sum(1 for r in rejected if r.get("retry"))
+    stats["digest"] = S.DIGEST_ALGO if digest_ok else None
     man.splits[split] = stats
     man.shards = [s for s in man.shards if s.split != split] + shards
     man.shards.sort(key=lambda s: (S.SPLITS.index(s.split), s.path))
@@ -269,10 +360,12 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     man.audio = spec.audio_manifest()
     man.members = dict(man.members, audio=spec.audio_format)
     man.rejected = [r for r in man.rejected if r.get("split") != split] + all_rejected
+    all_digest = all(st.get("digest") == S.DIGEST_ALGO for st in man.splits.values())
+    man.integrity = {"digest": S.DIGEST_ALGO} if all_digest else {}
     src = dict(man.source)
     if part:
         src["part"] = list(part)
-    src.setdefault("splits", {})[split] = dict(source_info or {}, jobs=len(jobs))
+    src.setdefault("splits", {})[split] = dict(source_info or {}, jobs=len(keys))
     man.source = src
     man.root = os.path.abspath(out_dir)
     man.save(mpath)
@@ -280,13 +373,58 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     return S.load_manifest(mpath)  # as a reader sees it (JSON types)
 
 
+def split_report(man: S.Manifest, split: str, limit: int = 20) -> Tuple[List[str], Optional[str]]:
+    """``(lines, failure)`` summing up a packed split for the user: counts and rejections;
+    ``failure`` is one line when the run did not do its job (no sample packed -- every input
+    rejected --, or samples waiting for a retry), else None."""
+    st = man.splits.get(split, {})
+    rej = [r for r in man.rejected if r.get("split") == split]
+    lines = [f"{man.root}: {split} {st.get('samples', 0)} samples in "
+             f"{sum(1 for s in man.shards if s.split == split)} shards, {len(rej)} rejected"]
+    lines += [f"  {'failed' if r.get('retry') else 'rejected'} {r['source']}: {r['reason']}" for r in rej[:limit]]
+    if len(rej) > limit:
+        lines.append(f"  ... {len(rej) - limit} more in the manifest")
+    retry = sum(1 for r in rej if r.get("retry"))
+    if not st.get("samples"):
+        failure = (f"every input was rejected ({len(rej)} of {len(rej)}): nothing was packed" if rej
+                   else "the annotations list no video: nothing was packed")
+    elif retry:
+        failure = (f"{retry} sample(s) not packed for a non-input reason (see 'failed' above): "
+                   "run the same command again with --resume to retry them")
+    else:
+        failure = None
+    return lines, failure
+
+
 # --------------------------------------------------------------------------- merging parts
+def _unfinished_parts(out_dir: str, n: int) -> List[str]:
+    """One line per part split that was interrupted or has samples waiting for a retry."""
+    out = []
+    for i in range(n):
+        for path in sorted(glob.glob(os.path.join(out_dir, f".{S.manifest_name(i)}.*.state.json"))):
+            split = os.path.basename(path)[len(S.manifest_name(i)) + 2: -len(".state.json")]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    st = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                st = {}
+            if not st.get("finished"):
+                out.append(f"part {i} split {split} did not finish (interrupted, or still running): "
+                           f"run it again with --part {i}/{n} --resume")
+            elif st.get("to_retry"):
+                out.append(f"part {i} split {split} has {st['to_retry']} sample(s) not packed for a non-input reason: "
+                           f"run it again with --part {i}/{n} --resume")
+    return out
+
+
 def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
     """Join ``manifest-pIIII.json`` of every part into ``manifest.json`` (atomically).
 
-    Checks that all parts ``0..N-1`` are present, share the vocabulary and video settings,
-    and that every shard they list exists; sums per-split sample and class counts; keeps the
-    shard files where they are (their names carry the part)."""
+    Checks that all parts ``0..N-1`` are present and finished (every split they started ran
+    to its end, and none has samples waiting for a retry: the error names each missing or
+    incomplete part), share the vocabulary and video settings, and that every shard they list
+    exists; sums per-split sample and class counts; keeps the shard files where they are
+    (their names carry the part)."""
     paths = sorted(glob.glob(os.path.join(out_dir, "manifest-p[0-9][0-9][0-9][0-9].json")))
     if not paths:
         raise FileNotFoundError(f"{out_dir}: no part manifests (manifest-pIIII.json) to merge; "
@@ -298,8 +436,10 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
     n = totals.pop() if expect_parts is None else expect_parts
     have = sorted(m.source["part"][0] for m in mans)
     missing = sorted(set(range(n)) - set(have))
-    if missing:
-        raise ValueError(f"{out_dir}: cannot merge, parts {missing} of {n} are missing (have {have})")
+    problems = ([f"parts {missing} of {n} are missing (have {have}; a part writes its manifest when it finishes)"]
+                if missing else []) + _unfinished_parts(out_dir, n)
+    if problems:
+        raise ValueError(f"{out_dir}: cannot merge: {'; '.join(problems)}")
     first = mans[0]
     for p, m in zip(paths, mans):
         if m.classes != first.classes:
@@ -324,6 +464,7 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
         classes=list(first.classes), splits=splits, shards=shards, video=dict(first.video),
         audio=dict(first.audio), rejected=[r for m in mans for r in m.rejected],
         source={"merged_parts": n, "parts": [m.source for m in mans]}, members=dict(first.members),
+        integrity=dict(first.integrity) if all(m.integrity == first.integrity for m in mans) else {},
         root=os.path.abspath(out_dir))
     merged.save(os.path.join(out_dir, S.MANIFEST_NAME))
     _readable(os.path.join(out_dir, S.MANIFEST_NAME))

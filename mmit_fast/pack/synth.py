@@ -429,7 +429,7 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
                      tail: float = 0.8, label_dropout: float = 0.0, no_audio_prob: float = 0.3,
                      distractors: int = 0, action_count_probs: Tuple[float, ...] = (0.35, 0.35, 0.2, 0.1),
                      resume: bool = False, overwrite: bool = False, broden: Optional[str] = None,
-                     progress: bool = True) -> S.Manifest:
+                     progress: bool = True, preset: Optional[str] = None) -> S.Manifest:
     """Render a Multi-Moving-Shapes dataset into ``out_dir`` (train/val/test shards + manifest),
     through the same packer as ``mmit pack`` (:func:`~mmit_fast.pack.packer.write_split`).
 
@@ -439,12 +439,17 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     (which first removes the previous dataset's manifests, shards and indexes from ``out_dir``)
     or ``resume=True`` (to finish an interrupted run with the same settings).
     With ``broden=DIR`` the test split (val when test is empty) is also exported in the
-    Broden layout (:func:`export_broden`). Returns the manifest.
+    Broden layout (:func:`export_broden`). ``preset`` (:mod:`mmit_fast.pack.presets`) renders
+    and packs at the preset's rate for ``seconds`` (e.g. ``paper-i3d``: 16 frames per clip).
+    Returns the manifest.
     """
+    from .presets import resolve
+
+    fps, gop, preset = resolve(preset, seconds, None if fps == 25.0 else fps, None)
     cfg = SynthConfig(num_videos=num_videos, seed=seed, size=size, fps=fps, seconds=seconds, splits=tuple(splits),
                       action_count_probs=tuple(action_count_probs), tail=tail, label_dropout=label_dropout,
                       no_audio_prob=no_audio_prob, distractors=distractors)
-    spec = EncodeSpec(codec=codec, short_side=size, fps=fps, seconds=cfg.frames / fps)
+    spec = EncodeSpec(codec=codec, short_side=size, fps=fps, seconds=cfg.frames / fps, gop=gop, preset=preset)
     counts = cfg.split_counts()
     info = {"generator": "multi-moving-shapes", "config": asdict(cfg), "class_probs": cfg.class_probs().tolist(),
             "visual_classes": list(VISUAL_ACTIONS), "audio_classes": list(AUDIO_ACTIONS),
@@ -492,7 +497,10 @@ def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]
         man = S.load_manifest(out_dir)
     except (FileNotFoundError, S.ShardFormatError):
         return None
-    if man.classes != list(CLASSES) or man.video != spec.video_manifest():
+    want = spec.video_manifest()
+    if "preset" not in man.video and want.get("preset") == "full":
+        want.pop("preset")   # packed before presets were recorded: the same 25 fps settings
+    if man.classes != list(CLASSES) or man.video != want:
         return None
     for split, n in counts.items():
         src = man.source.get("splits", {}).get(split)

@@ -14,12 +14,25 @@ Every clip of a packed dataset has the same geometry and timing:
 * codec ``vp9`` (libvpx-vp9, decodable by DALI on CPU and GPU; the default), ``h264``
   (libx264; DALI decodes it on GPU only) or ``mjpeg`` (intra only, large, decodable anywhere);
 * audio becomes its own member: mono 22,050 Hz FLAC (or WAV); a clip without an audio
-  stream gets none.
+  stream gets none. A/V sync is kept as the source has it: both streams are timed from the
+  first video frame (``t_v0``, the video stream's start relative to the file's start), so an
+  audio stream that starts ``d`` seconds after the video is padded with ``d`` s of silence
+  and one that starts earlier loses its first ``d`` s (``asetpts=PTS-t_v0/TB``, then
+  ``aresample=async=1:first_pts=0``, which pads or trims to t = 0, then ``atrim`` to the
+  clip length); sample ``n`` of the audio member plays at ``n / 22050`` s after frame 0.
 
 ffmpeg is driven through ffmpeg-python (it builds the command line; the process is run here
 so that it dies with its parent), using the system ``ffmpeg`` or else the binary of
 ``imageio-ffmpeg``. Inputs are probed and outputs fully decoded with PyAV (libav*, the same
 decoders as ffmpeg).
+
+Failures. "The input is bad" and "this attempt failed" are told apart. An attempt fails
+(:class:`AttemptFailed`) when ffmpeg is killed by a signal (the out-of-memory killer's
+SIGKILL, SIGXFSZ from a file-size limit, ...) or reports no space, no memory or a file too
+large, or when our own encoded output does not decode: it is retried (``ATTEMPTS`` in all),
+and if every attempt fails the packer records it as *not packed, to retry* (``--resume``
+retries it). A source whose audio track does not decode while its video does is rejected
+(a sample is never packed without the audio its source has).
 
 Validation. An input is rejected (:class:`RejectedInput`, with a reason) when it is empty,
 not a readable container, has no video stream, fails to decode, or decodes to fewer frames
@@ -36,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -66,8 +80,35 @@ class RejectedInput(Exception):
         self.reason = reason
 
 
+class AttemptFailed(Exception):
+    """This attempt to transcode failed for a reason that is not the input's (see the module
+    docstring); ``reason`` says which. Retried here, and by ``--resume``."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
 class FFmpegNotFound(RuntimeError):
     pass
+
+
+ATTEMPTS = 3              # tries per clip when an attempt fails for a non-input reason
+RETRY_PAUSE_S = 0.5       # pause before try k+1: k * RETRY_PAUSE_S
+
+# ffmpeg messages that mean the machine, not the input, failed this attempt
+_ATTEMPT_PATTERNS = ("No space left on device", "File too large", "Cannot allocate memory",
+                     "Resource temporarily unavailable", "Disk quota exceeded")
+_SIGNAL_HINTS = {signal.SIGKILL: " (the out-of-memory killer?)", signal.SIGXFSZ: " (a file-size limit: ulimit -f)"}
+
+
+def _killed_reason(returncode: int) -> str:
+    try:
+        sig = signal.Signals(-returncode)
+        return f"ffmpeg was killed by {sig.name}{_SIGNAL_HINTS.get(sig, '')}"
+    except ValueError:
+        return f"ffmpeg was killed by signal {-returncode}"
 
 
 # --------------------------------------------------------------------------- ffmpeg
@@ -106,16 +147,24 @@ def _die_with_parent():  # pragma: no cover - runs in the child between fork and
 def run_ffmpeg(args: Sequence[str], stdin: Optional[bytes] = None, what: str = "ffmpeg") -> str:
     """Run ffmpeg with ``args`` (without the binary); return its stderr; raise on failure."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", *(["-nostdin"] if stdin is None else []), *args]
-    proc = subprocess.run(
-        cmd,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    try:
+        proc = subprocess.run(
+            cmd,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as e:  # fork/exec failed: no memory, too many processes
+        raise AttemptFailed(what, f"ffmpeg could not be started ({e})") from None
     err = proc.stderr.decode("utf-8", "replace")
+    last = " | ".join(l for l in err.strip().splitlines()[-3:])
+    if proc.returncode < 0:
+        raise AttemptFailed(what, _killed_reason(proc.returncode) + (f": {last}" if last else ""))
     if proc.returncode != 0:
-        last = " | ".join(l for l in err.strip().splitlines()[-3:])
+        hit = next((p for p in _ATTEMPT_PATTERNS if p.lower() in err.lower()), None)
+        if hit:
+            raise AttemptFailed(what, f"ffmpeg failed: {hit} ({last})")
         raise RuntimeError(f"{what}: ffmpeg exited with {proc.returncode}: {last}")
     return err
 
@@ -133,6 +182,7 @@ class SourceInfo:
     has_audio: bool
     video_codec: str
     rotation: int = 0
+    video_start: float = 0.0  # seconds from the file's start to the video stream's first frame
 
 
 def probe(path: str, source: Optional[str] = None) -> SourceInfo:
@@ -186,9 +236,18 @@ def probe(path: str, source: Optional[str] = None) -> SourceInfo:
             fps=float(rate) if rate else 0.0,
             has_audio=bool(container.streams.audio),
             video_codec=cc.name,
+            video_start=_video_start(container, vs),
         )
     finally:
         container.close()
+
+
+def _video_start(container, vs) -> float:
+    """Seconds from the file's start (the earliest stream; ffmpeg's time zero) to the video's."""
+    if vs.start_time is None or vs.time_base is None:
+        return 0.0
+    file_start = container.start_time / 1e6 if container.start_time is not None else 0.0
+    return max(0.0, float(vs.start_time * vs.time_base) - file_start)
 
 
 def _short(e: BaseException, n: int = 160) -> str:
@@ -221,6 +280,7 @@ class EncodeSpec:
     crf: Optional[int] = None       # quality; codec default when None
     audio_format: str = "flac"
     threads: int = 1                # ffmpeg threads per clip (workers give the parallelism)
+    preset: Optional[str] = None    # packing preset name (mmit_fast.pack.presets), recorded in the manifest
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -250,6 +310,7 @@ class EncodeSpec:
             "pix_fmt": self.pix_fmt,
             "gop": self.gop if self.codec != "mjpeg" else 1,
             "crf": self.crf_value,
+            "preset": self.preset,
         }
 
     def audio_manifest(self) -> Dict:
@@ -389,15 +450,19 @@ def _check_output(video: bytes, expected_frames: int, size, where: str, tol: int
 # --------------------------------------------------------------------------- transcoding files
 def transcode_args(path: str, spec: EncodeSpec, info: SourceInfo, vout: str, aout: Optional[str]) -> List[str]:
     """The ffmpeg arguments (built with ffmpeg-python) that transcode ``path`` to ``spec``:
-    ``scale=iw*sar:ih,setsar=1`` (square pixels), ``fps`` (constant rate), ``scale`` to the
-    output size (area averaging), video to ``vout`` and, when the source has audio and
-    ``aout`` is given, mono 22,050 Hz 16-bit audio to ``aout``."""
+    ``setpts`` (time zero at the first video frame), ``scale=iw*sar:ih,setsar=1`` (square
+    pixels), ``fps`` (constant rate), ``scale`` to the output size (area averaging), video to
+    ``vout`` and, when the source has audio and ``aout`` is given, mono 22,050 Hz 16-bit audio
+    to ``aout``, timed from the same zero (padded or trimmed at the start, see the module
+    docstring)."""
     import ffmpeg  # ffmpeg-python
 
     w, h = output_size(info.width, info.height, spec.short_side, info.sar)
-    inp = ffmpeg.input(path, t=spec.seconds)
+    v0 = f"{info.video_start:.6f}"
+    inp = ffmpeg.input(path, t=spec.seconds + info.video_start)
     v = (
-        inp.video.filter("scale", "iw*sar", "ih")
+        inp.video.filter("setpts", f"PTS-{v0}/TB")
+        .filter("scale", "iw*sar", "ih")
         .filter("setsar", 1)
         .filter("fps", fps=spec.fps, round="near")
         .filter("scale", w, h, flags="area")
@@ -405,14 +470,44 @@ def transcode_args(path: str, spec: EncodeSpec, info: SourceInfo, vout: str, aou
     )
     outs = [ffmpeg.output(v, vout, **{**spec.video_args(), "frames:v": spec.max_frames()})]
     if info.has_audio and aout:
-        outs.append(ffmpeg.output(inp.audio, aout, **spec.audio_args()))
+        a = (inp.audio.filter("asetpts", f"PTS-{v0}/TB")
+             .filter("aresample", AUDIO_RATE, **{"async": 1, "first_pts": 0})
+             .filter("atrim", end=spec.seconds))
+        outs.append(ffmpeg.output(a, aout, **spec.audio_args()))
     return ffmpeg.merge_outputs(*outs).global_args("-y").get_args()
 
 
 def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) -> EncodedClip:
-    """Transcode one video file to ``spec``; :class:`RejectedInput` when it is unusable."""
+    """Transcode one video file to ``spec``; :class:`RejectedInput` when it is unusable,
+    :class:`AttemptFailed` when all ``ATTEMPTS`` tries failed for a non-input reason."""
     source = source or path
     info = probe(path, source)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _transcode_once(path, spec, info, source)
+        except AttemptFailed as e:
+            if attempt == ATTEMPTS:
+                raise AttemptFailed(source, f"{e.reason} (all {ATTEMPTS} attempts failed; not a fault of the input)") from None
+            time.sleep(RETRY_PAUSE_S * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_transcode(path: str, spec: EncodeSpec, info: SourceInfo, source: str, vout: str, aout: str) -> str:
+    """Run ffmpeg; a source whose audio track fails while its video alone transcodes is rejected."""
+    try:
+        return run_ffmpeg(transcode_args(path, spec, info, vout, aout), what=source)
+    except RuntimeError as e:
+        if not info.has_audio:
+            raise RejectedInput(source, f"does not decode: {_short(e, 240)}") from None
+        try:  # which stream fails? the video alone
+            run_ffmpeg(transcode_args(path, spec, info, vout, None), what=source)
+        except RuntimeError as e2:
+            raise RejectedInput(source, f"does not decode: {_short(e2, 240)}") from None
+        raise RejectedInput(source, f"audio track does not decode ({_short(e, 200)}); the video does, but a sample "
+                                    "is never packed without its audio") from None
+
+
+def _transcode_once(path: str, spec: EncodeSpec, info: SourceInfo, source: str) -> EncodedClip:
     w, h = output_size(info.width, info.height, spec.short_side, info.sar)
     # frames expected from the header (truncated files decode to fewer)
     src_seconds = min(info.duration, spec.seconds) if info.duration > 0 else 0.0
@@ -422,21 +517,7 @@ def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) ->
     with tempfile.TemporaryDirectory(prefix="mmit-tc-") as tmp:
         vout = os.path.join(tmp, "v.mp4")
         aout = os.path.join(tmp, "a." + spec.audio_format)
-        args = transcode_args(path, spec, info, vout, aout)
-        audio_note = []
-        try:
-            err = run_ffmpeg(args, what=source)
-        except RuntimeError as e:
-            if not info.has_audio:
-                raise RejectedInput(source, f"does not decode: {_short(e, 240)}") from None
-            # a broken audio track must not cost the video: retry without it
-            try:
-                err = run_ffmpeg(transcode_args(path, spec, info, vout, None), what=source)
-            except RuntimeError as e2:
-                raise RejectedInput(source, f"does not decode: {_short(e2, 240)}") from None
-            audio_note = [f"audio track dropped: {_short(e, 200)}"]
-            if os.path.exists(aout):
-                os.unlink(aout)
+        err = _run_transcode(path, spec, info, source, vout, aout)
         fatal = [l for l in err.splitlines() if any(p.lower() in l.lower() for p in _FATAL_PATTERNS)]
         if not os.path.exists(vout) or os.path.getsize(vout) == 0:
             raise RejectedInput(source, "no frames decoded" + (f" ({_short(fatal[0])})" if fatal else ""))
@@ -453,16 +534,17 @@ def transcode_file(path: str, spec: EncodeSpec, source: Optional[str] = None) ->
         raise RejectedInput(source, str(e)) from None
     if fatal and (not expected or n < expected - 1 or any("partial file" in l for l in fatal)):
         raise RejectedInput(source, f"damaged input: {_short(fatal[0])}")
-    samples = 0
+    samples, notes = 0, []
     if audio is not None:
         try:
             samples = int(decode_audio_bytes(audio, where=f"{source} audio").size)
-        except ValueError:
-            audio = None  # audio unusable: keep the video, mark no audio
-        if samples == 0:
-            audio = None
+        except ValueError as e:  # our own encode is broken: this attempt failed
+            raise AttemptFailed(source, f"the encoded audio does not decode ({_short(e)})") from None
+    if info.has_audio and samples == 0:
+        audio = None
+        notes = ["the source's audio stream has no samples within the packed span"]
     return EncodedClip(video=video, audio=audio, frames=n, width=w, height=h, fps=spec.fps,
-                       audio_samples=samples, warnings=fatal + audio_note)
+                       audio_samples=samples, warnings=fatal + notes)
 
 
 # --------------------------------------------------------------------------- encoding arrays (synth)

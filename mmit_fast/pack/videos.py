@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 from .. import shards as S
 from .annotations import parse_part, part_range, read_annotations, read_categories
 from .packer import Job, write_split
+from .presets import resolve as resolve_preset
 from .transcode import EncodeSpec, transcode_file
 from .writer import Sample, make_sample
 
@@ -30,6 +31,7 @@ class _TranscodeJob:
             "label_ids": list(ann.label_ids),
             "row": ann.index,
             "line": ann.line,
+            "row_digest": job.digest,   # --resume compares it with the row it reads then
             **clip.meta(self.split, self.spec.codec),
         }
         if ann.dropped:
@@ -41,28 +43,35 @@ class _TranscodeJob:
 
 
 def pack_videos(video_root: str, annotations: str, categories: str, out_dir: str, *, split: str = "train",
-                codec: str = "vp9", short_side: int = 256, fps: float = 25.0, seconds: float = 3.0,
+                codec: str = "vp9", short_side: int = 256, fps: Optional[float] = None, seconds: float = 3.0,
                 gop: Optional[int] = None, crf: Optional[int] = None, audio_format: str = "flac",
                 workers: int = 2, shard_samples: int = 1000, shard_bytes: int = 1 << 30,
                 resume: bool = False, overwrite: bool = False,
                 part: Union[None, str, Tuple[int, int]] = None, drop_unknown: bool = False,
-                progress: bool = True) -> S.Manifest:
+                progress: bool = True, preset: Optional[str] = None) -> S.Manifest:
     """Transcode the videos listed in ``annotations`` (M-MiT CSV or JSONL) and write them as
     shards of ``split`` into ``out_dir`` (see :mod:`mmit_fast.shards`).
 
-    Inputs that do not decode (missing, empty, random bytes, truncated, no video stream) are
-    not written; they are listed with the reason in ``manifest.rejected``. Labels outside the
+    Inputs that do not decode (missing, empty, random bytes, truncated, no video stream, an
+    audio track that does not decode) are not written; they are listed with the reason in
+    ``manifest.rejected``. Clips whose every transcoding attempt failed for a reason that is not
+    the input's (ffmpeg killed, no memory, disk full) are listed there with ``"retry": true``
+    and packed by the next ``resume=True`` run. A file listed under several spellings is packed
+    once (the later rows are rejected as duplicates). Labels outside the
     vocabulary raise :class:`~mmit_fast.pack.annotations.AnnotationError` naming the row,
     unless ``drop_unknown``. ``part="i/N"`` packs the i-th of N disjoint contiguous slices of
     the rows (merge with :func:`merge_parts`); ``resume`` continues an interrupted run.
     Packing a second split into the same folder adds it to the manifest.
+    ``preset`` (:mod:`mmit_fast.pack.presets`: ``full``, ``paper-i3d``, ``tsm8``) sets the
+    frame rate and keyframe spacing (``fps``/``gop`` default to 25 fps and fps/2 without it).
     """
+    fps, gop, preset = resolve_preset(preset, seconds, fps, gop)
     spec = EncodeSpec(codec=codec, short_side=short_side, fps=fps, seconds=seconds, gop=gop, crf=crf,
-                      audio_format=audio_format)
+                      audio_format=audio_format, preset=preset)
     if not os.path.isdir(video_root):
         raise FileNotFoundError(f"video root {video_root} is not a folder")
     classes = read_categories(categories)
-    rows, rejected = read_annotations(annotations, classes, drop_unknown=drop_unknown)
+    rows, rejected = read_annotations(annotations, classes, drop_unknown=drop_unknown, video_root=video_root)
     part_t = parse_part(part)
     if part_t:
         # slice the annotation rows (accepted and rejected alike) by their position in the file
@@ -70,7 +79,8 @@ def pack_videos(video_root: str, annotations: str, categories: str, out_dir: str
         lo, hi = part_range(total, part_t)
         rows = [a for a in rows if lo <= a.index < hi]
         rejected = [r for r in rejected if lo <= r["index"] < hi]
-    jobs = [Job(key=S.key_for(a.index, a.path), source=a.path, payload=a) for a in rows]
+    jobs = [Job(key=S.key_for(a.index, a.path), source=a.path, payload=a,
+                row={"source": a.path, "labels": list(a.labels), "line": a.line}) for a in rows]
     info = {"annotations": os.path.abspath(annotations), "categories": os.path.abspath(categories),
             "video_root": os.path.abspath(video_root), "drop_unknown": drop_unknown,
             "dropped_labels": sum(len(a.dropped) for a in rows)}

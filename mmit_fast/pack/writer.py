@@ -18,8 +18,8 @@ precedes it).
 """
 from __future__ import annotations
 
+import errno
 import io
-import json
 import os
 import tarfile
 from dataclasses import dataclass
@@ -147,21 +147,43 @@ class Sample:
 
 def make_sample(key: str, meta: Dict, video: bytes, label_ids: Sequence[int], audio: Optional[bytes] = None,
                 audio_ext: str = "flac", extra: Optional[Dict[str, bytes]] = None) -> Sample:
-    meta = dict(meta)
+    """A sample whose ``.json`` records the digest of every member (see :mod:`mmit_fast.shards`)."""
+    meta = {k: v for k, v in meta.items() if k != S.DIGEST_FIELD}
     meta["key"] = key
-    members = {
-        S.VIDEO_EXT: video,
-        S.META_EXT: json.dumps(meta, sort_keys=True).encode("utf-8"),
-        S.LABEL_EXT: S.encode_label_ids(label_ids),
-    }
+    members = {S.VIDEO_EXT: video, S.LABEL_EXT: S.encode_label_ids(label_ids)}
     if audio is not None:
         members[audio_ext] = audio
     for k, v in (extra or {}).items():
         members[k] = v
+    if S.META_EXT in members:
+        raise S.ShardFormatError(f"sample {key}: .{S.META_EXT} is written from its metadata, not given as a member")
+    members[S.META_EXT] = S.seal_meta(meta, members)
     return Sample(key=key, members=members, meta=meta)
 
 
 # --------------------------------------------------------------------------- shard writer
+_WRITE_CAUSES = {
+    errno.ENOSPC: "no space left on the device (disk full)",
+    errno.EFBIG: "file too large (a file-size limit such as `ulimit -f`, or the filesystem's largest file)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error on the device",
+}
+
+
+class ShardWriteError(RuntimeError):
+    """Writing a shard failed (disk full, file-size limit, ...): the message is one line that
+    names the shard and the cause. Finished shards are intact; ``--resume`` continues."""
+
+    def __init__(self, path: str, err: OSError, what: str = "shard"):
+        cause = _WRITE_CAUSES.get(err.errno) or (err.strerror or str(err))
+        code = errno.errorcode.get(err.errno, "") if err.errno else ""
+        super().__init__(f"cannot write {what} {path}: {cause}{f' [{code}]' if code else ''}; "
+                         "the shards finished before it are kept: fix this, then run again with --resume")
+        self.path = path
+        self.errno = err.errno
+
+
 class ShardWriter:
     """Append samples to ``{split}[-pPPPP]-NNNNNN.tar`` shards, rolling over at
     ``shard_samples`` samples or ``shard_bytes`` bytes (a sample never straddles shards);
@@ -218,10 +240,20 @@ class ShardWriter:
         self._tf = self._fh = self._tmp = self._name = None
 
     # -- API -------------------------------------------------------------------
+    def _where(self) -> str:
+        return os.path.join(self.out_dir, self._name or S.shard_name(self.split, self.next_index, self.part))
+
     def write(self, sample: Sample) -> None:
+        """Append ``sample`` (a :class:`ShardWriteError` when the disk refuses)."""
         members = sample.ordered()
         if sample.key in self._keys:
             raise S.ShardFormatError(f"duplicate sample key {sample.key!r}")
+        try:
+            self._write(sample, members)
+        except OSError as e:
+            raise ShardWriteError(self._where(), e) from e
+
+    def _write(self, sample: Sample, members) -> None:
         if self._tf is not None and (
             len(self._entries) >= self.shard_samples or
             (self._entries and self._tf.offset + sample.nbytes + BLOCK * (len(members) + 2) > self.shard_bytes)
@@ -240,7 +272,10 @@ class ShardWriter:
         self._keys.add(sample.key)
 
     def close(self) -> List[S.ShardInfo]:
-        self._finish()
+        try:
+            self._finish()
+        except OSError as e:
+            raise ShardWriteError(self._where(), e) from e
         return self.shards
 
     def abort(self) -> None:
@@ -248,6 +283,8 @@ class ShardWriter:
         if self._tf is not None:
             try:
                 self._fh.close()
+            except OSError:
+                pass  # the write that failed already said why; the partial file goes anyway
             finally:
                 if self._tmp and os.path.exists(self._tmp):
                     os.unlink(self._tmp)
