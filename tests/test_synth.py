@@ -59,6 +59,17 @@ def test_finished_dataset_is_reused_not_rerendered(ds):
         generate_dataset(str(out), seed=4, no_audio_prob=0.5, **SMALL)
 
 
+def test_broden_export_is_not_skipped_when_the_dataset_already_exists(ds, tmp_path):
+    """``mmit synth DIR --broden X`` on a finished DIR reuses the shards but still exports X."""
+    out, man = ds
+    bd = tmp_path / "broden"
+    again = generate_dataset(str(out), seed=3, no_audio_prob=0.5, broden=str(bd), **SMALL)
+    assert again.to_dict() == man.to_dict()
+    with open(bd / "videos.csv") as f:
+        keys = {r["key"] for r in csv.DictReader(f)}
+    assert keys == {k for k, _ in _samples(man, "test")}
+
+
 def test_deterministic_and_seed_dependent():
     cfg = SynthConfig(size=48, fps=10, seconds=1.0, seed=5)
     a, b = render_video(cfg, 4), render_video(cfg, 4)

@@ -40,7 +40,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -456,7 +456,8 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
             "objects": list(OBJECTS), "colors": list(COLOR_NAMES), "textures": list(TEXTURES), "scenes": list(SCENES)}
     if not overwrite and not resume:
         done = _finished(out_dir, info, spec, counts)
-        if done is not None:
+        if done is not None:   # already rendered: still export when asked (never skip it silently)
+            _export_if_asked(out_dir, broden, counts)
             return done
     if overwrite:
         _clear_dataset(out_dir)
@@ -472,10 +473,15 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
         man = write_split(out_dir, split, jobs, _SynthJob(cfg, spec, split), classes=list(CLASSES), spec=spec,
                           workers=workers, shard_samples=shard_samples, shard_bytes=shard_bytes, resume=resume,
                           overwrite=overwrite, source_info=info, progress=progress, desc="synth")
+    _export_if_asked(out_dir, broden, counts)
+    return man
+
+
+def _export_if_asked(out_dir: str, broden: Optional[str], counts: Dict[str, int]) -> None:
+    """``generate_dataset(broden=DIR)``: export the test split (val, then train when empty)."""
     if broden:
         split = "test" if counts["test"] else ("val" if counts["val"] else "train")
         export_broden(out_dir, broden, split=split)
-    return man
 
 
 def _clear_dataset(out_dir: str) -> None:
@@ -546,25 +552,13 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
     ``videos.csv`` (``image,key,frame,frames,labels``) names the clip and frame of each image,
     so a video model can be run on the whole clip around the frame (the sample ``key`` is in
     the dataset's shards of ``split``). Returns ``out_dir``."""
-    from PIL import Image
-
-    from .transcode import decode_video_bytes
     from .writer import iter_tar_samples
 
     man = S.load_manifest(dataset_dir)
     img_dir = os.path.join(out_dir, "images")
     os.makedirs(img_dir, exist_ok=True)
-    # global label numbering, category by category (0 = none)
-    names: Dict[str, List[str]] = {"color": list(COLOR_NAMES), "object": list(OBJECTS), "texture": list(TEXTURES),
-                                   "scene": list(SCENES), "action": list(VISUAL_ACTIONS)}
-    number: Dict[Tuple[str, int], int] = {}
-    labels: List[Tuple[int, str, str]] = []
-    for cat in BRODEN_CATEGORIES:
-        for i, nm in enumerate(names[cat]):
-            number[(cat, i)] = len(labels) + 1
-            labels.append((len(labels) + 1, f"{nm}-{cat[0]}" if cat in ("color", "scene") else nm, cat))
-    freq = np.zeros(len(labels) + 1, np.int64)
-    cover = np.zeros(len(labels) + 1, np.float64)
+    number, labels = _broden_labels()
+    tally = _BrodenTally(np.zeros(len(labels) + 1, np.int64), np.zeros(len(labels) + 1, np.float64))
     rows, clips = [], []
     n_videos = 0
     for shard in man.shard_paths(split):
@@ -574,57 +568,99 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
             if S.GT_EXT not in mem:
                 raise S.ShardFormatError(f"{shard}:{key}: no {S.GT_EXT} member (not a synthetic dataset?)")
             n_videos += 1
-            with np.load(io.BytesIO(mem[S.GT_EXT]), allow_pickle=False) as z:
-                gt = {k: z[k] for k in z.files}
-            _, w, h, frames = decode_video_bytes(mem[S.VIDEO_EXT], where=key, keep=True)
-            T = frames.shape[0]
-            picks = np.unique(np.linspace(0, T - 1, frames_per_video + 2)[1:-1].round().astype(int))
-            amap_all = gt["actor_map"]
-            for t in picks:
-                stem = f"{key}_f{t:03d}"
-                Image.fromarray(frames[t]).save(os.path.join(img_dir, stem + ".jpg"), quality=95)
-                amap = amap_all[t].astype(np.int64)
-                A = gt["actor_action"].shape[0]
-                lut = {"color": np.zeros(A + 1, np.int64), "object": np.zeros(A + 1, np.int64),
-                       "texture": np.zeros(A + 1, np.int64)}
-                for a in range(A):
-                    lut["color"][a + 1] = number[("color", int(gt["actor_color"][a, t]))]
-                    lut["object"][a + 1] = number[("object", int(gt["actor_object"][a]))]
-                    lut["texture"][a + 1] = number[("texture", int(gt["actor_texture"][a]))]
-                cells = {c: [] for c in BRODEN_COLUMNS[6:]}
-                for cat in ("color", "object", "texture"):
-                    m = lut[cat][amap]
-                    if m.any():
-                        fn = f"{stem}_{cat}.png"
-                        _png(os.path.join(img_dir, fn), m)
-                        cells[cat].append(fn)
-                        for lab in np.unique(m[m > 0]):
-                            freq[lab] += 1
-                            cover[lab] += (m == lab).mean()
-                scene_no = number[("scene", int(gt["scene"]))]
-                cells["scene"].append(str(scene_no))
-                freq[scene_no] += 1
-                cover[scene_no] += 1.0
-                for a in range(A):
-                    act = int(gt["actor_action"][a])
-                    x0, y0, x1, y1 = gt["boxes"][a, t]
-                    if act < 0 or x1 <= x0 or y1 <= y0:
-                        continue
-                    m = np.zeros((h, w), np.int64)
-                    m[int(y0):int(math.ceil(y1)), int(x0):int(math.ceil(x1))] = number[("action", act)]
-                    fn = f"{stem}_action{a}.png"
-                    _png(os.path.join(img_dir, fn), m)
-                    cells["action"].append(fn)
-                    lab = number[("action", act)]
-                    freq[lab] += 1
-                    cover[lab] += (m > 0).mean()
-                row = {"image": stem + ".jpg", "split": split, "ih": h, "iw": w, "sh": h, "sw": w}
-                row.update({c: ";".join(v) for c, v in cells.items()})
-                rows.append(row)
-                clips.append({"image": row["image"], "key": key, "frame": int(t), "frames": int(T),
-                              "labels": ";".join(CLASSES[i] for i in gt["labels"])})
+            _export_video(key, mem, split, frames_per_video, img_dir, number, tally, rows, clips)
     if not rows:
         raise ValueError(f"{dataset_dir}: split {split!r} has no samples to export")
+    _write_broden_tables(out_dir, rows, clips, labels, tally)
+    return out_dir
+
+
+class _BrodenTally(NamedTuple):
+    """Per label number: images it appears in (``freq``) and summed pixel coverage (``cover``)."""
+    freq: np.ndarray
+    cover: np.ndarray
+
+    def add(self, lab: int, coverage: float) -> None:
+        self.freq[lab] += 1
+        self.cover[lab] += coverage
+
+
+def _broden_labels() -> Tuple[Dict[Tuple[str, int], int], List[Tuple[int, str, str]]]:
+    """One global label numbering, category by category (0 = none): ``{(category, index):
+    number}`` and the ``(number, name, category)`` rows of ``label.csv``."""
+    names: Dict[str, List[str]] = {"color": list(COLOR_NAMES), "object": list(OBJECTS), "texture": list(TEXTURES),
+                                   "scene": list(SCENES), "action": list(VISUAL_ACTIONS)}
+    number: Dict[Tuple[str, int], int] = {}
+    labels: List[Tuple[int, str, str]] = []
+    for cat in BRODEN_CATEGORIES:
+        for i, nm in enumerate(names[cat]):
+            number[(cat, i)] = len(labels) + 1
+            labels.append((len(labels) + 1, f"{nm}-{cat[0]}" if cat in ("color", "scene") else nm, cat))
+    return number, labels
+
+
+def _export_video(key, mem, split, frames_per_video, img_dir, number, tally, rows, clips) -> None:
+    """Decode one packed clip, save ``frames_per_video`` evenly spaced frames as JPEG with their
+    masks, and append their ``index.csv`` rows and ``videos.csv`` rows."""
+    from PIL import Image
+
+    from .transcode import decode_video_bytes
+
+    with np.load(io.BytesIO(mem[S.GT_EXT]), allow_pickle=False) as z:
+        gt = {k: z[k] for k in z.files}
+    _, w, h, frames = decode_video_bytes(mem[S.VIDEO_EXT], where=key, keep=True)
+    T = frames.shape[0]
+    picks = np.unique(np.linspace(0, T - 1, frames_per_video + 2)[1:-1].round().astype(int))
+    for t in picks:
+        stem = f"{key}_f{t:03d}"
+        Image.fromarray(frames[t]).save(os.path.join(img_dir, stem + ".jpg"), quality=95)
+        cells = _frame_masks(gt, int(t), stem, img_dir, number, tally, (h, w))
+        row = {"image": stem + ".jpg", "split": split, "ih": h, "iw": w, "sh": h, "sw": w}
+        row.update({c: ";".join(v) for c, v in cells.items()})
+        rows.append(row)
+        clips.append({"image": row["image"], "key": key, "frame": int(t), "frames": int(T),
+                      "labels": ";".join(CLASSES[i] for i in gt["labels"])})
+
+
+def _frame_masks(gt, t, stem, img_dir, number, tally, hw) -> Dict[str, List[str]]:
+    """The mask cells of frame ``t``: colour, object and texture of the visible actor pixels (one
+    PNG each), the scene number, and one PNG per action region (the actor's box)."""
+    amap = gt["actor_map"][t].astype(np.int64)
+    A = gt["actor_action"].shape[0]
+    lut = {c: np.zeros(A + 1, np.int64) for c in ("color", "object", "texture")}
+    for a in range(A):
+        lut["color"][a + 1] = number[("color", int(gt["actor_color"][a, t]))]
+        lut["object"][a + 1] = number[("object", int(gt["actor_object"][a]))]
+        lut["texture"][a + 1] = number[("texture", int(gt["actor_texture"][a]))]
+    cells: Dict[str, List[str]] = {c: [] for c in BRODEN_COLUMNS[6:]}
+    for cat in ("color", "object", "texture"):
+        m = lut[cat][amap]
+        if m.any():
+            fn = f"{stem}_{cat}.png"
+            _png(os.path.join(img_dir, fn), m)
+            cells[cat].append(fn)
+            for lab in np.unique(m[m > 0]):
+                tally.add(lab, (m == lab).mean())
+    scene_no = number[("scene", int(gt["scene"]))]
+    cells["scene"].append(str(scene_no))
+    tally.add(scene_no, 1.0)
+    for a in range(A):
+        act = int(gt["actor_action"][a])
+        x0, y0, x1, y1 = gt["boxes"][a, t]
+        if act < 0 or x1 <= x0 or y1 <= y0:
+            continue
+        m = np.zeros(hw, np.int64)
+        m[int(y0):int(math.ceil(y1)), int(x0):int(math.ceil(x1))] = number[("action", act)]
+        fn = f"{stem}_action{a}.png"
+        _png(os.path.join(img_dir, fn), m)
+        cells["action"].append(fn)
+        tally.add(number[("action", act)], (m > 0).mean())
+    return cells
+
+
+def _write_broden_tables(out_dir, rows, clips, labels, tally) -> None:
+    """``index.csv``, ``videos.csv``, ``label.csv``, ``category.csv`` and ``c_<category>.csv``."""
+    freq, cover = tally.freq, tally.cover
     with open(os.path.join(out_dir, "index.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(BRODEN_COLUMNS))
         wr.writeheader()
@@ -654,4 +690,3 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
                 if c == cat:
                     wr.writerow([code, num, nm, int(freq[num]), f"{cover[num]:.4f}"])
                     code += 1
-    return out_dir
