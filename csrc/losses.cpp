@@ -65,33 +65,9 @@ namespace {
 #define MMIT_INLINE inline __attribute__((always_inline))
 
 // ---------------------------------------------------------------- elementary functions
-MMIT_INLINE float fast_exp(float x) {
-    // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2 (Cephes expf polynomial).
-    float xc = x < -87.3f ? -87.3f : x;
-    xc = xc > 88.3f ? 88.3f : xc;
-    const float magic = 12582912.0f;  // 1.5 * 2^23: float add rounds to the nearest integer
-    float n = (xc * 1.44269504088896341f + magic) - magic;
-    float r = xc - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500E-4f;
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    float e = p * r * r + r + 1.0f;
-    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(float));
-    float res = e * scale;
-    res = x < -87.3f ? 0.0f : res;
-    res = x > 88.3f ? std::numeric_limits<float>::infinity() : res;
-    res = (x != x) ? x : res;
-    return res;
-}
-MMIT_INLINE double fast_exp(double x) { return std::exp(x); }
-// fast_exp for x <= 0 (or NaN): the overflow clamp and its select are not needed (every
-// exp the kernels take is of a value <= 0); the same polynomial, so the same results there
+// exp(x) for x <= 0 (or NaN): every exp the kernels take is of a value <= 0, so there is no
+// overflow clamp. exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2 (Cephes expf
+// polynomial); x < -87.3 gives 0, NaN stays NaN
 MMIT_INLINE float fast_exp_le0(float x) {
     const float xc = x < -87.3f ? -87.3f : x;
     const float magic = 12582912.0f;
