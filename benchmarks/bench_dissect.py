@@ -1,7 +1,8 @@
 """Network Dissection speed and memory: mmit-fast's dissection vs NetDissect-Lite's method.
 
 Same concept images (a Multi-Moving-Shapes Broden export), same model (the demo's I3D-R18
-width 16, 8 frames at 224 px, static clips; or a stub 512-unit 7 x 7 layer with a cheap forward),
+width 16, 8 frames at 224 px, static clips; a 2D ResNet-18, NetDissect's own model family, at
+224 px; or a stub 512-unit 7 x 7 layer with a cheap forward),
 same layer, same threshold quantile and IoU rule (NetDissect's category-restricted union),
 measured side by side in one run, each measurement in its own fresh process (so its peak
 resident memory is its own), interleaving the two methods repetition by repetition (the machine
@@ -131,10 +132,40 @@ class _Stub:
         return Stub().eval(), ClipSpec(frames=1, stride=1, crop=224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+class _ResNet18:
+    """Built in the worker: NetDissect's own model family, a 2D ResNet-18 (:class:`mmit_fast.models.
+    resnet2d.ResNet2d`, torchvision's layout; random He-initialised weights, BatchNorm in eval mode)
+    fed the static clip's frame; ``net.layer3`` has 256 units on 14 x 14 maps and ``net.layer4`` 512
+    units on 7 x 7 at 224 px, as in NetDissect-Lite's ResNet-18 example."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        from mmit_fast.data.sampling import ClipSpec
+        from mmit_fast.models.resnet2d import ResNet2d
+
+        class Net(nn.Module):
+            modality = "video"
+
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.net = ResNet2d(18, num_classes=10)
+
+            def forward(self, x):
+                return self.net(x.mean(dim=2))
+
+        return Net().eval(), ClipSpec(frames=1, stride=1, crop=224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def _load(ckpt):
     from mmit_fast.interpret.source import load_model
 
-    return _Stub.build() if ckpt == "stub" else load_model(ckpt, "cpu")
+    if ckpt in ("stub", "resnet18"):
+        return (_Stub if ckpt == "stub" else _ResNet18).build()
+    return load_model(ckpt, "cpu")
 
 
 # --------------------------------------------------------------------------- workers
@@ -336,9 +367,14 @@ def _layer_md(res, meta, layer):
     n, n2 = res["layers"][layer].get("sizes", (meta["images"], 2 * meta["images"]))
     s, a = res["layers"][layer]["summary"], res["layers"][layer]["agreement"]
     fmt = lambda d: f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"  # noqa: E731
-    title = (f"`{layer}` of a stub layer: 512 units on 7 x 7 maps from 224 px images (ResNet-18 layer4's size), a "
-             "fixed random 32x32-stride conv + ReLU, so the dissection, not the forward pass, is measured"
-             if layer.startswith("stub") else f"`{layer}` of the video model")
+    if layer.startswith("stub"):
+        title = (f"`{layer}` of a stub layer: 512 units on 7 x 7 maps from 224 px images (ResNet-18 layer4's size), "
+                 "a fixed random 32x32-stride conv + ReLU, so the dissection, not the forward pass, is measured")
+    elif layer.startswith("resnet18"):
+        title = (f"`{layer.split('.', 1)[1]}` of a 2D ResNet-18 (NetDissect's model family; random weights) on "
+                 "224 px images")
+    else:
+        title = f"`{layer}` of the video model"
     lines = [f"## {title} ({a['units']} units, {a['concepts']} concepts)", "",
              "| method | images | images/s end to end | images/s dissection stage | forward s | image prep s | "
              "mask PNG decode s | peak RSS above model load (MB) |", "|---|---|---|---|---|---|---|---|"]
@@ -365,7 +401,7 @@ def write_md(path, res, meta):
     lines = ["# Network Dissection: mmit-fast vs NetDissect-Lite's method (`benchmarks/bench_dissect.py`)", "",
              f"Machine: {meta['cpu']} ({meta['cores']} cores visible, **shared with other jobs**: load average "
              f"{meta['load_before']} before, {meta['load_after']} after), torch {meta['torch']}, "
-             f"{meta['threads']} threads, OMP_WAIT_POLICY=PASSIVE for both. Model: {meta['model']}. Concept images: "
+             f"{meta['threads']} threads, OMP_WAIT_POLICY=PASSIVE for both. Models: {meta['model']}. Concept images: "
              f"a Multi-Moving-Shapes Broden export (112 px masks; rows repeated to N and 2N), static clips; "
              f"quantile {meta['quantile']}, batch {meta['batch']}, NetDissect's category-restricted union. "
              f"{meta['reps']} repetitions per cell, each in a fresh process, methods interleaved; median (min-max).", "",
@@ -379,8 +415,9 @@ def write_md(path, res, meta):
               "ours keeps K x 4096 histogram counts, the K x C IoU sums and one batch, and spills float32 activations "
               "to a temporary file (disk, 4 x K x h x w bytes per image) that it reads back with plain reads.",
               "On a CPU the forward pass of a video model dominates the end-to-end time and is the same work for both, "
-              "so the end-to-end ratio on the video model stays near 1x whatever the dissection costs; the stub layer "
-              "(cheap forward, 512 units) shows the two dissection methods at NetDissect's scale."]
+              "so the end-to-end ratio on the video model stays near 1x whatever the dissection costs; the ResNet-18 "
+              "layers are NetDissect's own setting (256 and 512 units), and the stub layer (cheap forward, 512 units) "
+              "shows the two dissection methods with almost no forward pass."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -410,11 +447,12 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=120, help="N (the second size is 2N; default 120)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--layers", default="layer3,layer4", help="layers, each dissected on its own (default layer3,layer4)")
-    p.add_argument("--setups", default="video,stub",
-                   help="video: the demo's I3D (forward-bound on a CPU); stub: a 512-unit 7x7 layer with a cheap "
-                        "forward (NetDissect's ResNet-18 layer4 size), to measure the dissection itself (default both)")
+    p.add_argument("--setups", default="video,resnet18,stub",
+                   help="video: the demo's I3D (forward-bound on a CPU); resnet18: a 2D ResNet-18, NetDissect's own "
+                        "model family (layer3: 256 units 14x14, layer4: 512 units 7x7); stub: a 512-unit 7x7 layer "
+                        "with a cheap forward, to measure the dissection itself (default all three)")
     p.add_argument("--stub-images", type=int,
-                   help="N for the stub setup (default --images; the first few batches warm the allocator, so a "
+                   help="N for the resnet18 and stub setups (default --images; the first few batches warm the allocator, so a "
                         "larger N shows the steady-state memory)")
     p.add_argument("--quantile", type=float, default=0.005)
     p.add_argument("--batch", type=int, default=16)
@@ -445,12 +483,18 @@ def main(argv=None):
     layers = {}
     if "video" in args.setups.split(","):
         layers.update({layer: run_layer(layer, ckpt, dirs, sizes, args, work) for layer in args.layers.split(",")})
+    if "resnet18" in args.setups.split(","):
+        for layer in ("layer3", "layer4"):
+            layers[f"resnet18.{layer}"] = run_layer(f"net.{layer}", "resnet18", dirs, stub_sizes, args, work,
+                                                    tag=f"resnet18.{layer}")
     if "stub" in args.setups.split(","):
         layers["stub.layer4"] = run_layer("layer4", "stub", dirs, stub_sizes, args, work, tag="stub.layer4")
     meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": load_before, "load_after": load_average(),
-            "torch": torch.__version__, "threads": args.threads, "model": "I3D-R18 width 16 (demo architecture), "
+            "torch": torch.__version__, "threads": args.threads, "model": "video: I3D-R18 width 16 (demo architecture), "
             + ("checkpoint " + os.path.basename(args.checkpoint) if args.checkpoint else
-               f"random weights, 8 frames at {args.crop} px"),
+               f"random weights, 8 frames at {args.crop} px")
+            + "; resnet18: a 2D ResNet-18 (width 64), random weights, one frame at 224 px; stub: one random "
+              "32x32-stride conv + ReLU",
             "quantile": args.quantile, "batch": args.batch, "reps": args.reps, "images": args.images,
             "stub_images": stub_sizes[0],
             "shared_machine": True}

@@ -69,7 +69,11 @@ def main(argv=None):
     with open(os.path.join(out, "interpret_synth.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out, "interpret_synth.json"), "w") as f:
-        json.dump({"scores": scores, "dissection": {k: v for k, v in dis.items() if k != "files"}}, f, indent=2)
+        dissection = {k: v for k, v in dis.items() if k != "files"}
+        for k in ("checkpoint", "concepts_dir"):   # no machine-specific absolute paths in a committed file
+            if k in dissection:
+                dissection[k] = os.path.basename(os.path.normpath(dissection[k]))
+        json.dump({"scores": scores, "dissection": dissection}, f, indent=2)
     print(md)
 
 

@@ -1,6 +1,7 @@
 // pybind11 module mmit_fast._C: CPU kernels of mmit-fast.
 #include <pybind11/pybind11.h>
 
+#include "dissect.h"
 #include "losses.h"
 
 namespace py = pybind11;
@@ -13,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
     m.attr("has_openmp") = false;
 #endif
     mmit::register_losses(m);
+    mmit::register_dissect(m);
 }

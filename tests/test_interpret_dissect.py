@@ -15,10 +15,13 @@ from _interpret_util import tiny_synth, write_checkpoint  # noqa: E402
 from mmit_fast.interpret.broden import Broden, BrodenError  # noqa: E402
 from mmit_fast.interpret.dissect import IoUTally, QuantileSketch, assign_labels, binarise_upsampled  # noqa: E402
 
+BACKENDS = ["torch", "cpp"]   # update_sparse's two implementations (the C++ one is built by pip install)
+
 
 # ------------------------------------------------------------------ streaming thresholds
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("q", [0.005, 0.05, 0.3])
-def test_streaming_threshold_within_stated_error(q):
+def test_streaming_threshold_within_stated_error(q, backend):
     rng = np.random.default_rng(0)
     K = 6
     sk = QuantileSketch(K, bins=256)
@@ -27,7 +30,7 @@ def test_streaming_threshold_within_stated_error(q):
         x = (rng.normal(0, 1 + i, size=(K, 700)) + rng.exponential(1 + 2 * i, size=(K, 700))).astype(np.float32)
         x[:, :50] = np.abs(x[:, :50]) * (1 + i)
         chunks.append(x)
-        sk.update(torch.from_numpy(x))
+        sk.update(torch.from_numpy(x), backend=backend)
     X = np.concatenate(chunks, axis=1).astype(np.float64)
     t, w = sk.quantile(q)
     t, w = t.numpy().astype(np.float64), w.numpy().astype(np.float64)
@@ -39,6 +42,32 @@ def test_streaming_threshold_within_stated_error(q):
     assert (np.abs(t - exact) <= w + (hi - lo) + 1e-5).all()
     assert (w <= 2 * (X.max(1) - chunks[0].min(1)) / 256 + 1e-6).all()   # the stated bound on the bin width
     assert sk.counts.sum().item() == X.size
+
+
+def test_sketch_cpp_equals_torch_and_rejects_non_finite():
+    """The C++ histogram (maps read in place, [B, K, h, w]) and the torch one ([K, N] rows) give the same
+    counts, widths and thresholds through many range doublings (one batch 1e6 x wider: 2^20 at once);
+    a NaN or inf is a named ValueError on both."""
+    rng = np.random.default_rng(5)
+    K = 9
+    a_cpp, a_torch = QuantileSketch(K, bins=128), QuantileSketch(K, bins=128)
+    for i in range(10):
+        maps = torch.from_numpy((rng.gamma(2.0, size=(4, K, 3, 5)) * (1 + 3 * i) - i).astype(np.float32))
+        if i == 6:
+            maps[:, 2] *= 1e6
+        a_cpp.update_maps(maps, backend="cpp", threads=2)
+        a_torch.update(maps.transpose(0, 1).reshape(K, -1), backend="torch")
+    assert torch.equal(a_cpp.counts, a_torch.counts) and torch.equal(a_cpp.width, a_torch.width)
+    assert a_cpp.n == a_torch.n == 10 * 4 * 15 and int(a_cpp.counts.sum()) == K * a_cpp.n
+    assert torch.equal(a_cpp.quantile(0.01)[0], a_torch.quantile(0.01)[0])
+    for backend in BACKENDS:
+        bad = torch.ones(2, K, 3, 3)
+        bad[1, 4, 2, 0] = float("nan")
+        bad[0, 1, 0, 0] = float("inf")
+        with pytest.raises(ValueError, match=r"2 non-finite activation value\(s\)"):
+            QuantileSketch(K).update_maps(bad, backend=backend)
+    with pytest.raises(ValueError, match=r"expected maps \[B, 9, ...\]"):
+        QuantileSketch(K).update_maps(torch.ones(2, 4, 3, 3))
 
 
 def test_sketch_memory_does_not_grow_with_data():
@@ -97,7 +126,8 @@ def test_iou_equals_brute_force(union):
     assert np.allclose(tally.iou(union).numpy(), ref, atol=1e-9)
 
 
-def test_sparse_tally_equals_dense_tally():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_tally_equals_dense_tally(backend):
     rng = np.random.default_rng(3)
     K, C, size = 6, 4, (10, 9)
     ccat = [0, 1, 1, 0]
@@ -116,14 +146,16 @@ def test_sparse_tally_equals_dense_tally():
             for j, c in enumerate(idx.tolist()):
                 L[b, present.index(c)] = Lb[j]
         dense.update(binarise_upsampled(a, size, T), torch.tensor(present, dtype=torch.long), L, ann)
-        sparse.update_sparse(a, size, T, per, ann)
+        sparse.update_sparse(a, size, T, per, ann, backend=backend)
     for u in ("category", "all"):
         assert torch.allclose(dense.iou(u), sparse.iou(u), atol=1e-12)
     assert torch.equal(dense.inter, sparse.inter) and torch.equal(dense.unit_cat, sparse.unit_cat)
 
 
-@pytest.mark.parametrize("h,w,H,W", [(7, 7, 112, 112), (13, 11, 40, 37), (8, 8, 5, 7), (1, 1, 4, 4), (3, 5, 3, 5)])
-def test_sparse_tally_any_scale_and_chunking_equals_dense(h, w, H, W):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("h,w,H,W", [(7, 7, 112, 112), (13, 11, 40, 37), (8, 8, 5, 7), (1, 1, 4, 4), (3, 5, 3, 5),
+                                     (4, 9, 70, 130)])
+def test_sparse_tally_any_scale_and_chunking_equals_dense(h, w, H, W, backend):
     """The block-pruned binarisation (hot-cell quads, corner bound) and the concept-table join give
     exactly the dense sums, for enlarging, shrinking, non-integer scales and tiny chunks."""
     rng = np.random.default_rng(h * 100 + W)
@@ -139,12 +171,41 @@ def test_sparse_tally_any_scale_and_chunking_equals_dense(h, w, H, W):
         L[b, idx] = Lb
     dense, sparse, tiny = IoUTally(K, ccat, 3), IoUTally(K, ccat, 3), IoUTally(K, ccat, 3)
     dense.update(binarise_upsampled(a, (H, W), T), torch.arange(C), L, ann)
-    sparse.update_sparse(a, (H, W), T, per, ann)
-    tiny.update_sparse(a, (H, W), T, per, ann, max_elems=7)
+    sparse.update_sparse(a, (H, W), T, per, ann, backend=backend)
+    tiny.update_sparse(a, (H, W), T, per, ann, max_elems=7, backend=backend, threads=2)
     for t in (sparse, tiny):
         for name in ("inter", "label", "unit_cat", "unit_all"):
             assert torch.equal(getattr(dense, name), getattr(t, name)), name
     assert dense.unit_all.sum() > 0
+
+
+def test_cpp_tally_float_masks_empty_images_and_bad_concepts():
+    """The C++ kernel: 0/1 float masks, images without any concept, thread counts 1 and 3 give the
+    torch path's sums; a concept index outside the tally or lists that do not match the batch are
+    one-line ValueErrors (nothing is written out of bounds)."""
+    rng = np.random.default_rng(11)
+    K, C, H, W = 7, 5, 33, 70
+    a = torch.from_numpy(rng.gamma(2.0, size=(3, K, 5, 6)).astype(np.float32))
+    T = torch.from_numpy(np.quantile(a.numpy(), np.linspace(0.6, 0.99, K)).astype(np.float32))
+    per = [(torch.tensor([0, 4]), torch.from_numpy((rng.random((2, H, W)) < 0.3).astype(np.float32))),
+           (torch.zeros(0, dtype=torch.long), torch.zeros(0, H, W)),
+           (torch.tensor([2]), torch.from_numpy(rng.random((1, H, W)) < 0.6))]
+    ann = torch.tensor([[True, False], [True, True], [False, True]])
+    ref = IoUTally(K, [0, 0, 1, 1, 1], 2)
+    ref.update_sparse(a, (H, W), T, per, ann, backend="torch")
+    for threads in (1, 3):
+        t = IoUTally(K, [0, 0, 1, 1, 1], 2)
+        t.update_sparse(a, (H, W), T, per, ann, backend="cpp", threads=threads)
+        for name in ("inter", "label", "unit_cat", "unit_all"):
+            assert torch.equal(getattr(ref, name), getattr(t, name)), (name, threads)
+    assert ref.inter.sum() > 0
+    bad = [(torch.tensor([0, 5]), per[0][1])] + per[1:]
+    with pytest.raises(ValueError, match=r"concept index 5 outside \[0, 5\)"):
+        IoUTally(K, [0, 0, 1, 1, 1], 2).update_sparse(a, (H, W), T, bad, ann, backend="cpp")
+    with pytest.raises(ValueError, match="3 maps but 2 concept lists"):
+        IoUTally(K, [0, 0, 1, 1, 1], 2).update_sparse(a, (H, W), T, per[:2], ann, backend="cpp")
+    with pytest.raises(ValueError, match="backend must be"):
+        IoUTally(K, [0, 0, 1, 1, 1], 2).update_sparse(a, (H, W), T, per, ann, backend="numba")
 
 
 def test_binarise_matches_torch_interpolate():
@@ -297,6 +358,27 @@ def test_hand_built_unit_gets_its_concept_with_iou_one(tmp_path):
     assert iou[0, red] == pytest.approx(1.0, abs=1e-12)
     assert int(np.argmax(iou[0])) == red
     assert iou[1].max() < 0.5
+
+
+class _NaNUnit(_Oracle):
+    """The oracle with unit 1 broken (NaN) on the second image."""
+
+    def forward(self, x):
+        f = x[:, :2].mean(dim=2).clone()
+        if f.shape[0] > 1:
+            f[1, 1, 0, 0] = float("nan")
+        f = self.layer4(f)
+        return self.classifier(f.mean(dim=(2, 3)))
+
+
+def test_non_finite_activations_are_a_named_error(tmp_path):
+    from mmit_fast.data.sampling import ClipSpec
+    from mmit_fast.interpret.dissect_run import dissect_model
+
+    b = Broden(make_broden(str(tmp_path / "b")))
+    with pytest.raises(ValueError, match=r"^layer layer4, images 0\.\.2: 1 non-finite activation value\(s\)"):
+        dissect_model(_NaNUnit().eval(), ClipSpec(frames=2, stride=1, crop=16), (0.5,) * 3, (0.25,) * 3, b,
+                      ["layer4"], batch_size=3)
 
 
 def test_run_dissect_outputs_and_bad_layer(tmp_path):

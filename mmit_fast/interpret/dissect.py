@@ -30,9 +30,15 @@ The upsampling is evaluated here (:func:`_axis`, :func:`_bilinear_at`), in float
 ``F.interpolate(..., 'bilinear', align_corners=False)`` up to rounding. :meth:`IoUTally.update_sparse`
 (the one the runs use) never upsamples a whole map: it skips (image, unit) pairs with no cell
 above ``T_k``, evaluates only blocks of output pixels next to a hot cell whose exact maximum (at
-a block corner) exceeds ``T_k``, and counts the lit pixels against all concepts of a batch at
-once. Its sums equal the dense ones (:meth:`IoUTally.update` of :func:`binarise_upsampled`)
-except for values within float64 rounding of a threshold.
+a block corner) exceeds ``T_k``, and counts the lit pixels against all concepts of the image.
+On CPU tensors this is the C++ kernel ``mmit_fast._C.dissect_tally_ptr`` (``csrc/dissect.cpp``:
+bit-packed lit and concept masks, intersections by popcount, units over OpenMP threads); on
+other devices torch ops (:func:`_lit_pixels`, :meth:`IoUTally._join`). Both evaluate each pixel
+with the float64 expression of :func:`_bilinear_at`, so their sums equal the dense ones
+(:meth:`IoUTally.update` of :func:`binarise_upsampled`) bit for bit, except for values within
+float64 rounding of a threshold. Likewise :meth:`QuantileSketch.update_maps` counts with
+``mmit_fast._C.hist_update_ptr`` on CPU (the same float32 binning rule as the torch path: equal
+counts).
 
 **Top images** (:class:`TopImages`): per unit the ``n`` images with the largest maximum
 activation (a bounded buffer, merged batch by batch with ``topk``).
@@ -61,29 +67,55 @@ class QuantileSketch:
         self.width: Optional[torch.Tensor] = None
         self.n = 0
 
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, backend: str = "auto", threads: Optional[int] = None) -> None:
         """Add values ``x`` [K, N] (one row per unit)."""
-        x = x.detach().float()
         if x.shape[0] != self.K:
             raise ValueError(f"expected {self.K} units, got {x.shape[0]}")
-        if x.numel() == 0:
+        self._add(x.detach().float().reshape(1, self.K, -1), backend, threads)
+
+    def update_maps(self, a: torch.Tensor, backend: str = "auto", threads: Optional[int] = None) -> None:
+        """Add a batch of maps ``a`` [B, K, ...] (unit ``k``'s values: ``a[:, k]``; no transposed copy)."""
+        if a.dim() < 2 or a.shape[1] != self.K:
+            raise ValueError(f"expected maps [B, {self.K}, ...], got {tuple(a.shape)}")
+        self._add(a.detach().float().reshape(a.shape[0], self.K, -1), backend, threads)
+
+    def _add(self, x3: torch.Tensor, backend: str, threads: Optional[int]) -> None:
+        """``x3`` [B, K, S]: the first batch sets ``lo`` and ``w``; then grow and count, by the C++ kernel
+        (``mmit_fast._C.hist_update_ptr``: CPU, no copy, units over threads) or by torch ops (any
+        device); both follow the same float32 rule, so their counts are equal. Non-finite values are
+        a ValueError (a NaN would otherwise land in an arbitrary bin)."""
+        if x3.numel() == 0:
             return
-        mx = x.max(dim=1).values
         if self.lo is None:
-            self.lo = x.min(dim=1).values
-            span = (mx - self.lo).clamp_min(1e-12)
+            self.lo = x3.amin(dim=(0, 2))
+            span = (x3.amax(dim=(0, 2)) - self.lo).clamp_min(1e-12)
             self.width = span * (1 + 1e-6) / self.bins
-        self._grow(mx)
-        b = ((x - self.lo[:, None]) / self.width[:, None]).floor().clamp_(0, self.bins - 1).long()
-        b += torch.arange(self.K, device=x.device)[:, None] * self.bins
-        # in place (no K x bins temporary per batch: a large, repeated allocation fragments the heap)
-        self.counts.view(-1).index_add_(0, b.flatten(), torch.ones(1, dtype=torch.int64, device=b.device).expand(b.numel()))
-        self.n += x.shape[1]
+        if _use_cpp(backend, x3.device):
+            x3 = x3.contiguous()
+            ptr = lambda t: t.data_ptr()  # noqa: E731
+            bad = _cpp().hist_update_ptr(ptr(x3), x3.shape[0], self.K, x3.shape[2], ptr(self.lo), ptr(self.width),
+                                         ptr(self.counts), self.bins, torch.get_num_threads() if threads is None
+                                         else int(threads))
+        else:
+            x = x3.transpose(0, 1).reshape(self.K, -1)
+            bad = int((~torch.isfinite(x)).sum())
+            if not bad:
+                self._grow(x.max(dim=1).values)
+                b = ((x - self.lo[:, None]) / self.width[:, None]).floor().clamp_(0, self.bins - 1).long()
+                b += torch.arange(self.K, device=x.device)[:, None] * self.bins
+                # in place (no K x bins temporary per batch: a large, repeated allocation fragments the heap)
+                self.counts.view(-1).index_add_(0, b.flatten(), torch.ones(1, dtype=torch.int64,
+                                                                           device=b.device).expand(b.numel()))
+        if bad:
+            raise ValueError(f"{bad} non-finite activation value(s) (NaN or inf): no threshold can be estimated")
+        self.n += x3.shape[0] * x3.shape[2]
 
     def _grow(self, mx: torch.Tensor) -> None:
-        """Double the bin width of units whose range no longer holds ``mx`` (merging bin pairs)."""
+        """Widen the bins of units whose range no longer holds ``mx``: ``ratio = (mx - lo) / (w bins) =
+        m 2^e`` (``frexp``, m in [0.5, 1)), so ``floor(log2 ratio) = e - 1`` exactly, and the width grows
+        by ``f = 2^e`` (bin ``i`` -> ``i // f``, counts exact)."""
         ratio = (mx - self.lo) / (self.width * self.bins)
-        need = torch.where(ratio >= 1, torch.floor(torch.log2(ratio.clamp_min(1.0))) + 1, torch.zeros_like(ratio)).long()
+        need = torch.where(ratio >= 1, torch.frexp(ratio).exponent.long(), torch.zeros_like(ratio, dtype=torch.long))
         rows = torch.nonzero(need > 0).flatten()
         if rows.numel() == 0:
             return
@@ -180,6 +212,32 @@ def _block_values(flat: torch.Tensor, hw: Tuple[int, int], p, ti, tj, rows, cols
     return ay[2][rows][:, :, None] * top[:, None, :] + ay[3][rows][:, :, None] * bot[:, None, :]
 
 
+_EXT = []   # [mmit_fast._C or None], filled on first use
+
+
+def _cpp():
+    """The C++ extension when it is built and has the dissection kernel, else None."""
+    if not _EXT:
+        try:
+            from mmit_fast import _C
+        except ImportError:  # pragma: no cover - depends on the build
+            _C = None
+        _EXT.append(_C if _C is not None and hasattr(_C, "dissect_tally_ptr") else None)
+    return _EXT[0]
+
+
+def _use_cpp(backend: str, device) -> bool:
+    """``backend`` "cpp" / "torch" / "auto" (C++ for CPU tensors when the extension is built) -> use C++?"""
+    if backend not in ("auto", "cpp", "torch"):
+        raise ValueError(f"backend must be 'auto', 'cpp' or 'torch', got {backend!r}")
+    if backend == "cpp":
+        if _cpp() is None:
+            raise ValueError("backend='cpp': mmit_fast._C is not built (python setup.py build_ext --inplace)")
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"backend='cpp' needs CPU tensors, got {device}")
+    return backend == "cpp" or (backend == "auto" and torch.device(device).type == "cpu" and _cpp() is not None)
+
+
 _PAD = -1   # index of the NaN weight appended by :func:`_nan_padded`
 
 
@@ -268,22 +326,63 @@ class IoUTally:
 
     def update_sparse(self, act: torch.Tensor, size: Tuple[int, int], thresholds: torch.Tensor,
                       concepts: Sequence[Tuple[torch.Tensor, torch.Tensor]], annotated: torch.Tensor,
-                      max_elems: int = 1 << 23) -> None:
+                      max_elems: int = 1 << 23, backend: str = "auto", threads: Optional[int] = None) -> None:
         """The same sums as :meth:`update`, from raw maps ``act`` [B, K, h, w], touching only the
         output pixels that can exceed the threshold. Bilinear upsampling is a convex combination of
         at most 4 input cells, so a pixel is dark unless one of its cells is above ``T_k`` (an
-        (image, unit) pair with no such cell has an empty mask, and is skipped); :func:`_lit_pixels`
-        finds the lit pixels from blocks next to hot cells; they are counted against every concept
-        of the batch at once (:meth:`_join`). ``concepts[b]`` = (concept indices [P_b], masks
-        [P_b, H, W], bool or 0/1) of image ``b``. No Python loop over units; temporaries bounded by
-        chunks holding at most ``max_elems`` pixels."""
+        (image, unit) pair with no such cell has an empty mask, and is skipped). ``concepts[b]`` =
+        (concept indices [P_b], masks [P_b, H, W], bool or 0/1) of image ``b``.
+
+        ``backend``: ``"cpp"`` (``mmit_fast._C.dissect_tally_ptr``, CPU tensors: per (image, unit)
+        the pixels next to a hot cell are evaluated into a bit-packed mask and intersected with the
+        bit-packed concept masks by popcount, units split over ``threads`` OpenMP threads, default
+        ``torch.get_num_threads()``), ``"torch"`` (any device: :func:`_lit_pixels` finds the lit pixels
+        from blocks next to hot cells, counted against every concept of the batch at once by
+        :meth:`_join`; temporaries bounded by chunks of at most ``max_elems`` pixels; no Python loop
+        over units) or ``"auto"`` (``cpp`` for CPU tensors when the extension is built). Both evaluate
+        every pixel with the same float64 expression as :func:`binarise_upsampled`, so their sums
+        equal the dense ones bit for bit (up to values within float64 rounding of ``T_k``)."""
         dev = act.device
+        if _use_cpp(backend, dev):
+            return self._update_cpp(act, size, thresholds, concepts, annotated, threads)
         concepts = [(idx.to(dev), Lb) for idx, Lb in concepts]
         for idx, Lb in concepts:
             if idx.numel():
                 self.label.index_add_(0, idx, _as_u8(Lb.reshape(idx.numel(), -1)).sum(dim=1, dtype=torch.float64))
         k, g = self._lit(act, size, thresholds.to(dev).float(), annotated, max_elems)
         self._join(k, g, concepts, size, max_elems)
+
+    def _update_cpp(self, act, size, thresholds, concepts, annotated, threads) -> None:
+        """:meth:`update_sparse` by the C++ kernel (``csrc/dissect.cpp``): buffers cross as data pointers."""
+        B, K, h, w = act.shape
+        H, W = int(size[0]), int(size[1])
+        if len(concepts) != B or annotated.shape[0] != B:
+            raise ValueError(f"{B} maps but {len(concepts)} concept lists and {annotated.shape[0]} annotation rows")
+        if K != self.K:
+            raise ValueError(f"expected {self.K} units, got {K}")
+        a = act.detach().to(torch.float32).contiguous()
+        t = thresholds.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        taps = [x.contiguous() for x in _axis(h, H, "cpu") + _axis(w, W, "cpu")]
+        counts = [int(idx.numel()) for idx, _ in concepts]
+        P = sum(counts)
+        if P:
+            masks = torch.cat([_as_u8(Lb.reshape(n, H, W)) for (_, Lb), n in zip(concepts, counts) if n]).contiguous()
+            concept = torch.cat([idx.reshape(-1) for idx, _ in concepts]).to(torch.int64).contiguous()
+            lo, hi = int(concept.min()), int(concept.max())
+            if lo < 0 or hi >= self.C:
+                raise ValueError(f"concept index {lo if lo < 0 else hi} outside [0, {self.C})")
+        else:
+            masks, concept = torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+        offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
+        area, mask_area = torch.empty(B, K, dtype=torch.float64), torch.empty(P, dtype=torch.float64)
+        ptr = lambda x: x.data_ptr()  # noqa: E731
+        _cpp().dissect_tally_ptr(ptr(a), ptr(t), B, K, h, w, H, W, *map(ptr, taps), ptr(masks), P, ptr(offsets),
+                                 ptr(concept), self.C, ptr(self.inter), ptr(area), ptr(mask_area),
+                                 torch.get_num_threads() if threads is None else int(threads))
+        if P:
+            self.label.index_add_(0, concept, mask_area)
+        self.unit_all += area.sum(dim=0)
+        self.unit_cat += area.t() @ annotated.to(torch.float64)
 
     def _lit(self, act, size, T, annotated, max_elems) -> Tuple[torch.Tensor, torch.Tensor]:
         """Lit pixels of the batch as (unit [n], batch pixel ``b * H * W + y * W + x`` [n]); adds their

@@ -11,7 +11,8 @@ Pipeline (two passes over the concept images, the maths in :mod:`.dissect`):
    ``4 * K * h * w`` bytes per image and layer, a quarter of NetDissect-Lite's float64 memmap);
 3. pass 2 (masks only): unit masks against the concept masks
    (:meth:`~.dissect.IoUTally.update_sparse`: only the output pixels that can reach the
-   threshold are evaluated; no loop over images or units);
+   threshold are evaluated; on CPU by the C++ kernel of ``csrc/dissect.cpp`` with the run's
+   thread count, elsewhere by batched torch ops; no Python loop over images or units);
 4. labels (argmax, interpretable above ``iou_threshold``) with and without the action
    concepts, unit-to-class links of the layer that feeds the classifier; then the report
    (:mod:`.dissect_report`).
@@ -169,14 +170,15 @@ _TRIM_EVERY = 16   # batches between two trims (a trim costs ~5-20 ms; measured 
 @contextlib.contextmanager
 def _small_ops(device):
     """Run a block of small, memory-bound tensor ops on one CPU thread (on a busy machine, OpenMP
-    hand-offs cost more than these ops; measured 10-100x slower with 2 threads). No-op on GPUs."""
+    hand-offs cost more than these ops; measured 10-100x slower with 2 threads). No-op on GPUs.
+    Yields the thread count outside the block (for the C++ IoU kernel, whose work per thread is large)."""
     if torch.device(device).type != "cpu":
-        yield
+        yield torch.get_num_threads()
         return
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield prev
     finally:
         torch.set_num_threads(prev)
 
@@ -217,8 +219,8 @@ def dissect_model(model, spec, mean, std, broden: Broden, layers: Sequence[str],
                 raise BrodenError(f"{broden.root}: no readable image ({len(skipped)} skipped)")
             thr = {n: sk[n].quantile(quantile) for n in sk}
             tally = {n: IoUTally(sk[n].K, ccat, len(cats), dev) for n in sk}
-            with _small_ops(dev):
-                _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped)
+            with _small_ops(dev) as threads:
+                _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped, threads)
         finally:
             for f in spill.values():
                 f.close()
@@ -233,12 +235,15 @@ def _pass1_update(acts, ids, sk, top, spill, bins, top_n, dev) -> None:
     for n, a in acts.items():
         if n not in sk:
             sk[n], top[n] = QuantileSketch(a.shape[1], bins, dev), TopImages(a.shape[1], top_n, dev)
-        sk[n].update(a.transpose(0, 1).reshape(a.shape[1], -1))
+        try:
+            sk[n].update_maps(a)
+        except ValueError as e:
+            raise ValueError(f"layer {n}, images {ids[0]}..{ids[-1]}: {e}") from None
         top[n].update(a.amax(dim=(2, 3)), torch.tensor(ids, device=dev))
         spill[n].write(a)
 
 
-def _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped) -> None:
+def _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped, threads) -> None:
     """IoU sums: each batch's masks against its spilled activations, for every layer."""
     readers = {n: spill[n].reader() for n in sk}
     for j, (ids, size) in enumerate(batches):
@@ -248,7 +253,8 @@ def _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped) ->
         for n in sk:
             a = next(readers[n]).to(dev)[keep]
             if got:
-                tally[n].update_sparse(a, size, thr[n][0], [g[0] for g in got], torch.stack([g[1] for g in got]))
+                tally[n].update_sparse(a, size, thr[n][0], [g[0] for g in got], torch.stack([g[1] for g in got]),
+                                       threads=threads)
         del got, a
         if (j + 1) % _TRIM_EVERY == 0:
             _release_freed_memory()
