@@ -371,6 +371,24 @@ class _NaNUnit(_Oracle):
         return self.classifier(f.mean(dim=(2, 3)))
 
 
+def test_input_buffer_reuse_equals_a_fresh_input():
+    """The static-clip input written into a reused buffer (or its first rows, for a short last
+    batch) equals a freshly built one; a buffer of another shape is not used."""
+    from mmit_fast.data.sampling import ClipSpec
+    from mmit_fast.interpret.dissect_run import _input
+
+    spec, mean, std = ClipSpec(frames=3, stride=1, crop=8), (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    buf = _input(a, spec, mean, std, "cpu", True)
+    assert buf.shape == (4, 3, 3, 8, 8) and torch.equal(buf[:, :, 0], buf[:, :, 2])
+    x = _input(b, spec, mean, std, "cpu", True, buf)
+    assert x.data_ptr() == buf.data_ptr() and x.is_contiguous()
+    assert torch.equal(x, _input(b, spec, mean, std, "cpu", True))
+    other = torch.empty(4, 3, 5, 8, 8)
+    assert _input(a, spec, mean, std, "cpu", True, other).data_ptr() != other.data_ptr()
+
+
 def test_non_finite_activations_are_a_named_error(tmp_path):
     from mmit_fast.data.sampling import ClipSpec
     from mmit_fast.interpret.dissect_run import dissect_model
