@@ -201,14 +201,21 @@ def _instrument(b):
     return acc
 
 
-def worker_ours(ckpt, broden_dir, layer, quantile, batch):
-    from mmit_fast.interpret import dissect_run as D
+def _setup(ckpt, broden_dir):
+    """What both workers do before the clock: the model, the concept set, the resident memory after
+    loading them, and the timers of the shared work."""
     from mmit_fast.interpret.broden import Broden
 
     model, spec, mean, std = _load(ckpt)
     b = Broden(broden_dir)
     base = _rss_mb()
-    acc = _instrument(b)
+    return (model, spec, mean, std), b, base, _instrument(b)
+
+
+def worker_ours(ckpt, broden_dir, layer, quantile, batch):
+    from mmit_fast.interpret import dissect_run as D
+
+    (model, spec, mean, std), b, base, acc = _setup(ckpt, broden_dir)
     t0 = time.perf_counter()
     raw = D.dissect_model(model, spec, mean, std, b, [layer], quantile=quantile, batch_size=batch)
     iou = raw["layers"][layer]["iou"].iou("category").cpu().numpy()
@@ -287,12 +294,7 @@ def _lite_tally(mm, b, thr, labelcat):
 
 
 def worker_lite(ckpt, broden_dir, layer, quantile, batch):
-    from mmit_fast.interpret.broden import Broden
-
-    model, spec, mean, std = _load(ckpt)
-    b = Broden(broden_dir)
-    base = _rss_mb()
-    acc = _instrument(b)
+    (model, spec, mean, std), b, base, acc = _setup(ckpt, broden_dir)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         mm = _lite_features(model, spec, mean, std, b, layer, batch, os.path.join(tmp, "feat.mmap"))

@@ -45,6 +45,7 @@ activation (a bounded buffer, merged batch by batch with ``topk``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -212,18 +213,14 @@ def _block_values(flat: torch.Tensor, hw: Tuple[int, int], p, ti, tj, rows, cols
     return ay[2][rows][:, :, None] * top[:, None, :] + ay[3][rows][:, :, None] * bot[:, None, :]
 
 
-_EXT = []   # [mmit_fast._C or None], filled on first use
-
-
+@functools.lru_cache(maxsize=None)
 def _cpp():
-    """The C++ extension when it is built and has the dissection kernel, else None."""
-    if not _EXT:
-        try:
-            from mmit_fast import _C
-        except ImportError:  # pragma: no cover - depends on the build
-            _C = None
-        _EXT.append(_C if _C is not None and hasattr(_C, "dissect_tally_ptr") else None)
-    return _EXT[0]
+    """The C++ extension when it is built and has the dissection kernels, else None (looked up once)."""
+    try:
+        from mmit_fast import _C
+    except ImportError:  # pragma: no cover - depends on the build
+        return None
+    return _C if hasattr(_C, "dissect_tally_ptr") and hasattr(_C, "hist_update_ptr") else None
 
 
 def _use_cpp(backend: str, device) -> bool:
