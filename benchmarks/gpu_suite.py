@@ -68,6 +68,9 @@ def step_environment(ctx):
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    from mmit_fast.losses.function import triton_error
+
+    info["triton_kernels"] = triton_error() or "importable"
     try:
         import nvidia.dali as dali
 
@@ -85,12 +88,13 @@ def step_gpu_tests(ctx):
     need_cuda()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     t = ctx["step_left"]()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=max(t, 10))
     tail = proc.stdout.strip().splitlines()[-1:] or [""]
     if proc.returncode not in (0, 5):
         raise RuntimeError(f"pytest -m gpu: exit {proc.returncode}: {tail[0]}\n" + proc.stdout[-3000:])
-    return {"pytest": tail[0], "exit": proc.returncode}
+    skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED")]
+    return {"pytest": tail[0], "exit": proc.returncode, "skipped": skipped}
 
 
 def _oracle(name, x, y, w, ref_max_c=4096):

@@ -16,12 +16,20 @@ import torch
 import triton
 import triton.language as tl
 
-NAN = tl.constexpr(float("nan"))
+# NaN as its float32 bit pattern: Triton checks at every launch that the module globals a kernel
+# read are unchanged, and a float NaN global never equals itself ("Global variable NAN has changed").
+NAN_BITS = tl.constexpr(0x7FC00000)
 NEG_BIG = tl.constexpr(-1.0e30)  # (constexpr: usable inside @jit) finite "minus infinity" for running maxima (exp(NEG_BIG - m) = 0, no NaN)
 
 # the largest row handled in registers in one block; longer rows loop over column blocks
 MAX_SINGLE_BLOCK = 8192
 LOOP_BLOCK = 4096
+
+
+@triton.jit
+def nan_f32():
+    """A float32 quiet NaN (built from its bit pattern, see ``NAN_BITS``)."""
+    return tl.full([], NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit

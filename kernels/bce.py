@@ -9,7 +9,7 @@ gradient entries up to the bad column are already written (the row is flagged ei
 import triton
 import triton.language as tl
 
-from ._common import NAN, finish, first_bad_col, num_warps_for, pick_block, report_bad, row_buffers
+from ._common import nan_f32, finish, first_bad_col, num_warps_for, pick_block, report_bad, row_buffers
 
 __all__ = ["bce"]
 
@@ -41,9 +41,9 @@ def _bce_kernel(X, Y, W, LOSS, G, FLAG, C, scale, HAS_W: tl.constexpr, NEED_GRAD
             g = sg - y
             if HAS_W:
                 g = g * w
-            g = tl.where(bc < C, NAN, g * scale)
+            g = tl.where(bc < C, nan_f32(), g * scale)
             tl.store(G + row * C + cc, g.to(G.dtype.element_ty), mask=inb)
-    tl.store(LOSS + row, tl.where(badc < C, NAN, tl.sum(acc, 0)))
+    tl.store(LOSS + row, tl.where(badc < C, nan_f32(), tl.sum(acc, 0)))
     report_bad(FLAG, row, badc, C)
 
 

@@ -16,7 +16,7 @@ bfloat16 logits, else in the logits' dtype. The first pass also checks the targe
 import triton
 import triton.language as tl
 
-from ._common import (NAN, NEG_BIG, finish, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
+from ._common import (nan_f32, NEG_BIG, finish, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
                       report_bad, row_buffers, sigmoid, softplus)
 
 __all__ = ["lsep", "wlsep", "wlsep_pair"]
@@ -49,12 +49,12 @@ def _wlsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
         live = pos & valid
         t = A - x
         loss = tl.sum(tl.where(live, c * softplus(t), 0.0), 0)
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
             sgc = tl.where(live, c * sigmoid(t), 0.0)
             S = tl.sum(sgc, 0)
             g = tl.where(neg & valid, (S / ssum) * e, -sgc) * scale
-            g = tl.where(rowbad, NAN, g)
+            g = tl.where(rowbad, nan_f32(), g)
             tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
         report_bad(FLAG, row, badc, C)
     else:
@@ -91,7 +91,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
             t = A - x
             loss += tl.sum(tl.where(live, c * softplus(t), 0.0), 0)
             S += tl.sum(tl.where(live, c * sigmoid(t), 0.0), 0)
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
             # pass 3: the gradient
             for b0 in range(0, C, BLOCK):
@@ -104,7 +104,7 @@ def _wlsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
                     c = c * inv
                 gneg = S * tl.exp(tl.where(neg, x - A, NEG_BIG))
                 g = tl.where(neg & valid, gneg, tl.where(live, -c * sigmoid(A - x), 0.0)) * scale
-                g = tl.where(rowbad, NAN, g)
+                g = tl.where(rowbad, nan_f32(), g)
                 tl.store(grow + cc, g.to(G.dtype.element_ty), mask=inb)
         report_bad(FLAG, row, badc, C)
 
@@ -136,12 +136,12 @@ def _lsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
         valid = (sA != 0) & (sB != 0)  # (NaN != 0: NaN logits propagate)
         z = (mA + tl.log(sA)) + (mB + tl.log(sB))
         loss = tl.where(valid, softplus(z), 0.0)
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
             s = sigmoid(z) * scale
             g = tl.where(neg, (s / sA) * eA, -(s / sB) * eB)
             g = tl.where(valid, g, 0.0)
-            g = tl.where(rowbad, NAN, g)
+            g = tl.where(rowbad, nan_f32(), g)
             tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
         report_bad(FLAG, row, badc, C)
     else:
@@ -171,7 +171,7 @@ def _lsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
         z = A + Bv
         rowbad = badc < C
         loss = tl.where(valid, softplus(z), 0.0)
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
             s = tl.where(valid, sigmoid(z) * scale, 0.0)
             for b0 in range(0, C, BLOCK):
@@ -184,7 +184,7 @@ def _lsep_kernel(X, Y, W, LOSS, G, FLAG, C, scale,
                 e = tl.exp(tl.where(neg, x - A, tl.where(pw, -x - Bv, NEG_BIG)))
                 g = tl.where(neg, s * e, tl.where(pw, -s * w * e, 0.0))
                 g = tl.where(valid, g, 0.0)
-                g = tl.where(rowbad, NAN, g)
+                g = tl.where(rowbad, nan_f32(), g)
                 tl.store(grow + cc, g.to(G.dtype.element_ty), mask=inb)
         report_bad(FLAG, row, badc, C)
 

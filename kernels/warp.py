@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NAN, finish, first_bad_col, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
+from ._common import (nan_f32, finish, first_bad_col, load_cols, load_cols_checked, load_weights, num_warps_for, pick_block,
                       report_bad, row_buffers)
 
 __all__ = ["warp"]
@@ -80,9 +80,9 @@ def _warp_kernel(X, Y, W, H, LOSS, G, FLAG, IDX, CBUF, C, scale,
                     gj = tl.sum(tl.where(pos & (1.0 + xj - x > 0), cv, 0.0), 0)
                     g += tl.where(sel, gj, 0.0)
         rowbad = badc < C
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
-            g = tl.where(rowbad, NAN, g * scale)
+            g = tl.where(rowbad, nan_f32(), g * scale)
             tl.store(grow + cols, g.to(G.dtype.element_ty), mask=inb)
         report_bad(FLAG, row, badc, C)
     else:
@@ -184,13 +184,13 @@ def _warp_kernel(X, Y, W, H, LOSS, G, FLAG, IDX, CBUF, C, scale,
                         gv += tl.where(yv & inb & (1.0 + xj - x > 0), cv, 0.0)
                     tl.store(grow + j, (tl.sum(gv, 0) * scale).to(G.dtype.element_ty))
         rowbad = badc < C
-        tl.store(LOSS + row, tl.where(rowbad, NAN, loss))
+        tl.store(LOSS + row, tl.where(rowbad, nan_f32(), loss))
         if NEED_GRAD:
             if rowbad:  # poison the row's gradient (bad targets: its values mean nothing)
                 tl.debug_barrier()
                 for b0 in range(0, C, BLOCK):
                     cc = b0 + cols
-                    tl.store(grow + cc, tl.full([BLOCK], NAN, tl.float32).to(G.dtype.element_ty), mask=cc < C)
+                    tl.store(grow + cc, (tl.zeros([BLOCK], tl.float32) + nan_f32()).to(G.dtype.element_ty), mask=cc < C)
         report_bad(FLAG, row, badc, C)
 
 

@@ -55,6 +55,7 @@ ENV_VAR = "MMIT_LOSS_BACKEND"
 _TRITON = {"bce": ("bce", "bce"), "lsep": ("ranking", "lsep"), "wlsep": ("ranking", "wlsep"),
            "wlsep_pair": ("ranking", "wlsep_pair"), "warp": ("warp", "warp")}
 _triton_ok = None
+_triton_error = [None]
 
 
 def _interpreting() -> bool:
@@ -67,9 +68,15 @@ def triton_available() -> bool:
         try:
             importlib.import_module("mmit_fast.kernels.ranking")
             _triton_ok = True
-        except Exception:  # pragma: no cover - triton missing or broken
+        except Exception as e:  # pragma: no cover - triton missing or broken
             _triton_ok = False
+            _triton_error[0] = f"{type(e).__name__}: {e}"
     return _triton_ok
+
+
+def triton_error() -> str | None:
+    """Why the Triton kernels could not be imported (None when they can, or before the first try)."""
+    return None if triton_available() else _triton_error[0]
 
 
 def select_backend(logits: torch.Tensor, backend: str | None = None) -> str:
@@ -98,7 +105,7 @@ def select_backend(logits: torch.Tensor, backend: str | None = None) -> str:
             raise ValueError(f"{source}={choice!r}: the Triton backend needs CUDA tensors "
                              f"(or CPU tensors with TRITON_INTERPRET=1), got {logits.device}")
         if not triton_available():
-            raise ValueError(f"{source}={choice!r}: triton cannot be imported")
+            raise ValueError(f"{source}={choice!r}: the Triton kernels cannot be imported ({triton_error()})")
     return choice
 
 
