@@ -72,10 +72,48 @@ def _cli(capsys, *argv):
 
 
 # --------------------------------------------------------------------------- case 4: A/V sync
+def _ffmpeg_binaries():
+    """Every distinct ffmpeg this machine has: the one on PATH (Debian's, say) and imageio-ffmpeg's
+    static build. The packer must keep A/V sync with whichever the user has."""
+    import shutil
+
+    found = {}
+    for label, get in (("PATH", lambda: shutil.which("ffmpeg")),
+                       ("imageio-ffmpeg", lambda: __import__("imageio_ffmpeg").get_ffmpeg_exe())):
+        try:
+            exe = get()
+        except Exception:
+            exe = None
+        if exe and os.path.realpath(exe) not in {os.path.realpath(e) for e in found.values()}:
+            found[label] = exe
+    return found
+
+
+def _stream_starts(path):
+    """{'video': s, 'audio': s}: each stream's first timestamp, read by PyAV (an independent reader)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return {s.type: float(s.start_time * s.time_base) for s in c.streams if s.type in ("video", "audio")}
+
+
+@pytest.fixture(params=sorted(_ffmpeg_binaries()), ids=lambda k: k)
+def packer_ffmpeg(request, monkeypatch):
+    """Run the packer with each ffmpeg binary in turn (``transcode._FFMPEG`` is what MMIT_FFMPEG sets)."""
+    monkeypatch.setattr(transcode, "_FFMPEG", _ffmpeg_binaries()[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("audio_late", [0.45, -0.32])
-def test_av_start_offset_is_kept(tmp_path, audio_late):
+def test_av_start_offset_is_kept(tmp_path, audio_late, packer_ffmpeg):
     """A white flash (video) and a 1 kHz beep (audio) both at t = 1.0 s of the source, whose
-    audio stream starts ``audio_late`` s after (or before) its video stream."""
+    audio stream starts ``audio_late`` s after (or before) its video stream.
+
+    The source is written with ``-fps_mode:v passthrough``: without it, ffmpeg 5.1 (Debian 12's)
+    fills a late-starting video stream with copies of its first frame from t = 0 (mp4 defaults
+    to constant frame rate), so the source itself has no offset -- which is what made this test
+    fail with Debian's ffmpeg; the packer was right. The offsets are checked on the source with
+    PyAV before the packer runs, so that a source built differently fails here, by name."""
     src = tmp_path / "src.mp4"
     v_off, a_off = max(0.0, -audio_late), max(0.0, audio_late)
     flash = 1.0 - v_off                    # in the video stream's own time
@@ -84,7 +122,10 @@ def test_av_start_offset_is_kept(tmp_path, audio_late):
             f"color=black:s=64x64:r=25:d=2,drawbox=enable='between(t,{flash - 0.001},{flash + 0.039})':c=white:t=fill",
             "-itsoffset", str(a_off), "-f", "lavfi", "-i",
             f"aevalsrc='if(between(t,{beep},{beep + 0.05}),sin(2*PI*1000*t),0)':s=44100:d={2.3 - a_off}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(src))
+            "-fps_mode:v", "passthrough", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", str(src))
+    starts = _stream_starts(src)
+    assert abs(starts["video"] - v_off) < 0.03 and abs(starts["audio"] - a_off) < 0.03, f"source built wrong: {starts}"
     clip = transcode.transcode_file(str(src), transcode.EncodeSpec(short_side=32, seconds=2.0))
     _, _, _, frames = decode_video_bytes(clip.video, keep=True)
     t_flash = np.flatnonzero(frames.mean(axis=(1, 2, 3)) > 100)[0] / 25.0

@@ -116,7 +116,13 @@ _FFMPEG: Optional[str] = None
 
 
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: ``$MMIT_FFMPEG``, the system ``ffmpeg``, else imageio-ffmpeg's."""
+    """Path of the ffmpeg binary: ``$MMIT_FFMPEG``, the system ``ffmpeg``, else imageio-ffmpeg's.
+
+    The system binary comes before imageio-ffmpeg's static build because it is the one the user
+    chose and maintains (distribution security updates, site builds with NVENC or extra codecs);
+    the static build is the fallback that makes ``pip install`` alone enough. Both keep A/V sync
+    (``tests/test_pack_integrity.py`` packs the same offset sources with each one found).
+    ``MMIT_FFMPEG=/path/to/ffmpeg`` pins one explicitly."""
     global _FFMPEG
     if _FFMPEG:
         return _FFMPEG
