@@ -59,8 +59,11 @@ EXTRAS = {
     "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11"],
     # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
     # takes the build requirements (pyproject.toml) from this environment
+    # the documentation site (docs/, mkdocs.yml): `mkdocs build --strict`, API pages from the docstrings
+    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
     "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel"],
 }
+EXTRAS["test"] += EXTRAS["docs"]  # tests/test_docs.py builds the site
 EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"] + EXTRAS["bench"]))
 
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
