@@ -80,6 +80,7 @@ setup(
     # Triton sources of kernels/ installed as mmit_fast.kernels
     packages=find_packages(include=["mmit_fast", "mmit_fast.*"]) + ["mmit_fast.kernels"],
     package_dir={"mmit_fast.kernels": "kernels"},
+    package_data={"mmit_fast": ["configs/*.yaml"]},  # the shipped configs, used by name (--config demo_cpu)
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     # The core is what the losses need (a user who drops wlsep_loss into their own code installs

@@ -203,7 +203,7 @@ def _add_train(sub):
         description="Train a model on packed shards: one process here, or one per device with "
                     "`torchrun --nproc_per_node=N -m mmit_fast.train ...` (same flags). Config precedence: "
                     "defaults < --config YAML < --set key=value < flags. Example: mmit train --config "
-                    "configs/demo_cpu.yaml --data runs/demo/data --out runs/mine --epochs 3. Outputs in --out: "
+                    "demo_cpu --data runs/demo/data --out runs/mine --epochs 3. Outputs in --out: "
                     "checkpoints/{last,best}.pt, metrics.csv, val_metrics.csv, tb/, summary.json. "
                     "Resume after a kill with --resume auto (a changed config is refused unless named in "
                     "--resume-allow KEY,...). Exit codes: 0 done, 2 bad input (config, data, checkpoint, refused "

@@ -264,9 +264,32 @@ def parse_set(pairs: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_configs() -> List[str]:
+    """Names of the configs installed with the package (``mmit_fast/configs/<name>.yaml``)."""
+    return sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str) -> str:
+    """The YAML file for ``--config``: an existing path as given, else a shipped config by name
+    (``demo_cpu``, ``demo_cpu.yaml`` or the old clone-relative ``configs/demo_cpu.yaml``), so that
+    the documented commands work from any folder, not only from the clone's root."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    base = os.path.basename(name_or_path)
+    stem = base[:-5] if base.endswith(".yaml") else base[:-4] if base.endswith(".yml") else base
+    shipped = os.path.join(CONFIG_DIR, stem + ".yaml")
+    if (os.sep not in name_or_path or os.path.dirname(name_or_path) in ("configs", "./configs")) \
+            and os.path.exists(shipped):
+        return shipped
+    raise ConfigError(f"config {name_or_path!r}: no such file, and not a shipped config "
+                      f"(names: {', '.join(shipped_configs())})")
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path} does not exist")
+    path = resolve_config(path)
     with open(path, encoding="utf-8") as f:
         try:
             d = yaml.safe_load(f)
@@ -335,7 +358,9 @@ def _field_help(f: dataclasses.Field) -> str:
 def add_config_args(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """Add ``--config``, ``--set`` and one flag per :class:`TrainConfig` field (default None,
     so that only flags actually given override the file)."""
-    p.add_argument("--config", "-c", metavar="YAML", help="YAML file of TrainConfig keys (see configs/)")
+    p.add_argument("--config", "-c", metavar="NAME|YAML",
+                   help="a shipped config by name (" + ", ".join(shipped_configs()) + ") or a YAML file of "
+                        "TrainConfig keys")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set lr=0.05 --set amp=off")
     g = p.add_argument_group("config keys (each overrides --config and --set)")

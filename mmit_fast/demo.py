@@ -18,7 +18,7 @@ metrics.csv, TensorBoard, summary.json), ``train/eval/`` (metrics JSON, per-clas
 table rows, scores), ``cam/``, ``broden/``, ``dissect/``, ``report.html``,
 ``demo_report.md`` and ``demo_summary.json``.
 
-The demo's training settings are :data:`DEMO_CONFIG` (also in ``configs/demo_cpu.yaml``).
+The demo's training settings are :data:`DEMO_CONFIG` (also in the shipped config ``demo_cpu``, ``mmit_fast/mmit_fast/configs/demo_cpu.yaml``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Any, Dict, Optional, Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mmit_fast.train
 
-#: training settings of the full demo (the same keys as configs/demo_cpu.yaml)
+#: training settings of the full demo (the same keys as mmit_fast/configs/demo_cpu.yaml)
 DEMO_CONFIG: Dict[str, Any] = {
     "model": "i3d", "depth": 18, "width": 16, "model_args": {"conv1_t": 1},
     "clip_mode": "uniform", "frames": 8, "stride": 1, "crop": 96, "flip": False,

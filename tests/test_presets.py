@@ -190,14 +190,14 @@ def test_dali_cpu_and_pyav_agree_on_matched_shards(packed):
 def test_paper_i3d_config_samples_what_its_preset_stores():
     import os
 
-    from mmit_fast.config import load_config
+    from mmit_fast.config import load_config, resolve_config
     from mmit_fast.data.sampling import coverage_problem
     from mmit_fast.train.build import clip_spec
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "i3d_r50_wlsep.yaml")
+    path = "i3d_r50_wlsep"
     cfg = load_config(path)
     spec = clip_spec(cfg, cfg.model)
     assert (spec.mode, spec.frames) == ("uniform", 16)
     fps, gop = PRESETS["paper-i3d"].settings(3.0)
     assert coverage_problem(spec, fps, 3.0, "paper-i3d") is None and gop == 16
-    assert "--preset paper-i3d" in open(path).read()
+    assert "--preset paper-i3d" in open(resolve_config(path)).read()

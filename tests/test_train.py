@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mmit_fast import cli
-from mmit_fast.config import ConfigError, TrainConfig, load_config
+from mmit_fast.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, resolve_config, shipped_configs
 from mmit_fast.models.checkpoint import read_checkpoint
 from mmit_fast.train import NonFiniteLossError, train
 from train_helpers import TINY, free_port, read_csv, sub_env, tiny_cfg, tiny_dataset
@@ -63,16 +63,36 @@ def test_shipped_configs_load_and_name_no_missing_files():
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("demo_cpu.yaml", "i3d_demo_cpu.yaml"):
-        cfg = load_config(os.path.join(here, "configs", name))
+        cfg = load_config(os.path.join(CONFIG_DIR, name))
         for k, v in DEMO_CONFIG.items():
             assert getattr(cfg, k) == v, (name, k)
     models = set()
-    for name in sorted(os.listdir(os.path.join(here, "configs"))):
-        path = os.path.join(here, "configs", name)
+    for name in sorted(os.listdir(CONFIG_DIR)):
+        path = os.path.join(CONFIG_DIR, name)
         models.add(load_config(path).model)
         for ref in re.findall(r"\b((?:docs|configs|benchmarks)/[\w./-]+\.\w+)", open(path).read()):
-            assert os.path.exists(os.path.join(here, ref)), f"{name} names {ref}, which does not exist"
+            ok = os.path.exists(os.path.join(here, ref)) or (ref.startswith("configs/") and resolve_config(ref))
+            assert ok, f"{name} names {ref}, which does not exist"
     assert {"i3d", "tsm", "soundnet", "fusion"} <= models
+
+
+def test_config_by_name_from_any_folder(tmp_path, monkeypatch):
+    """--config takes a shipped config's name (the documented commands work outside the clone);
+    the old clone-relative path still works; a file the user has wins; a wrong name lists the names."""
+    monkeypatch.chdir(tmp_path)
+    want = os.path.join(CONFIG_DIR, "demo_cpu.yaml")
+    assert "demo_cpu" in shipped_configs()
+    for given in ("demo_cpu", "demo_cpu.yaml", "configs/demo_cpu.yaml", "./configs/demo_cpu.yaml"):
+        assert resolve_config(given) == want
+    assert load_config("demo_cpu").to_dict() == load_config(want).to_dict()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo_cpu.yaml").write_text("epochs: 1\n")
+    assert resolve_config("configs/demo_cpu.yaml") == "configs/demo_cpu.yaml"
+    assert load_config("configs/demo_cpu.yaml").epochs == 1
+    with pytest.raises(ConfigError, match=r"config 'demo_gpu': no such file, and not a shipped config \(names: .*demo_cpu"):
+        resolve_config("demo_gpu")
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_config("elsewhere/demo_cpu.yaml")
 
 
 # --------------------------------------------------------------------------- losses (paper's Table 1 rows)
@@ -429,9 +449,9 @@ def test_exit_code_convention(monkeypatch, capsys):
 
 @pytest.mark.parametrize("family", ["tsm", "soundnet", "fusion"])
 def test_family_config_trains_on_the_synthetic_data(family, tiny_data, tmp_path):
-    """configs/<family>_demo_cpu.yaml (demo_cpu.yaml is I3D) trains and evaluates; sizes shrunk."""
+    """the shipped <family>_demo_cpu config (demo_cpu.yaml is I3D) trains and evaluates; sizes shrunk."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(os.path.join(here, "configs", f"{family}_demo_cpu.yaml"),
+    cfg = load_config(f"{family}_demo_cpu",
                       overrides=dict(data=str(tiny_data), out=str(tmp_path / family), max_steps=2, batch_size=2,
                                      num_workers=0, threads=1, crop=32, frames=4, progress=False, tensorboard=False))
     if family != "soundnet":
