@@ -201,3 +201,20 @@ def test_paper_i3d_config_samples_what_its_preset_stores():
     fps, gop = PRESETS["paper-i3d"].settings(3.0)
     assert coverage_problem(spec, fps, 3.0, "paper-i3d") is None and gop == 16
     assert "--preset paper-i3d" in open(resolve_config(path)).read()
+
+
+def test_demo_configs_fit_the_demos_shards():
+    """Every *demo_cpu config trains on `mmit demo`'s shards (preset tsm8, 2 s clips) without
+    repeating frames (fusion_demo_cpu asked for 8 consecutive frames 4 apart, which needs 29)."""
+    from mmit_fast.config import load_config, shipped_configs
+    from mmit_fast.data.sampling import coverage_problem
+    from mmit_fast.train.build import clip_spec
+
+    fps, _ = PRESETS["tsm8"].settings(2.0)
+    names = [n for n in shipped_configs() if n.endswith("demo_cpu")]
+    assert {"demo_cpu", "tsm_demo_cpu", "fusion_demo_cpu", "i3d_demo_cpu"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        if cfg.model == "soundnet":
+            continue
+        assert coverage_problem(clip_spec(cfg, cfg.model), fps, 2.0, "tsm8") is None, name
