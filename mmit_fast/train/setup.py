@@ -19,7 +19,7 @@ from .log import TrainLog
 from .resume import check_resume, find_resume, map_position, run_history
 from .rng import seed_everything
 from .schedule import make_optimizer, plan_schedule
-from .step import RunningStats
+from .step import BufferGuard, RunningStats
 
 
 def configure_torch(cfg, device: torch.device, rank: int) -> None:
@@ -140,7 +140,8 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
               optimizer=make_optimizer(cfg, model, device),
               scaler=torch.amp.GradScaler(device.type) if amp_mode == "fp16" else None,
               autocast=ctx, amp_mode=amp_mode, schedule=None, stats=RunningStats(device),
-              best={"metric": cfg.best_metric, "value": None, "epoch": None, "step": None})
+              best={"metric": cfg.best_metric, "value": None, "epoch": None, "step": None},
+              buffers=BufferGuard(model) if cfg.skip_nonfinite else None)
     if ck is not None:
         _restore(run, ck, resume_path, changes)
     total, run.stop_step, run.epochs, warmup = plan_length(cfg, run.n_batches, run.epoch, run.start_batch, run.step)
@@ -150,6 +151,15 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
     if rank == 0:
         os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
     if cfg.record_keys:
-        os.makedirs(os.path.join(cfg.out, "ranks"), exist_ok=True)
-        run.keys_file = open(os.path.join(cfg.out, "ranks", f"keys-rank{rank}.tsv"), "a")
+        run.keys_file = open_keys_file(os.path.join(cfg.out, "ranks", f"keys-rank{rank}.tsv"))
     return run
+
+
+def open_keys_file(path: str):
+    """``ranks/keys-rank<r>.tsv`` for appending, never through a symlink: a link found there
+    (planted in a run folder) is replaced by a file of the run's own, as every other output is."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.islink(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "a")
