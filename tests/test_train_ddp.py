@@ -26,12 +26,12 @@ def test_skip_nonfinite_with_accumulation_keeps_replicas_equal_and_eval_matches(
     with the same all-reduced gradient of micro-batch 0. Then a 2-process eval of the result
     equals a 1-process eval, chance level and scores file included.
 
-    lr 0.005: at lr 0.05 two steps on 2-clip per-rank batches leave eval-mode scores near 1e7
-    (BatchNorm's running statistics after three updates do not describe the trained
-    activations), and comparing such values to rtol 1e-5 is flaky by construction; the scores
-    are checked to stay small, so that the comparison tests the replicas."""
+    lr 0.001: at lr 0.05 two steps on 2-clip per-rank batches leave eval-mode scores near 1e7
+    (1e3 at lr 0.005: BatchNorm's running statistics after two updates do not describe the
+    trained activations), and comparing such values to rtol 1e-5 is flaky by construction. The
+    scores are checked to stay small, so that the comparison tests the replicas."""
     out = tmp_path / "ddp"
-    cfg = tiny_cfg(tiny_data, out, accum_steps=2, skip_nonfinite=True, val_split="", momentum=0.0, lr=0.005).to_dict()
+    cfg = tiny_cfg(tiny_data, out, accum_steps=2, skip_nonfinite=True, val_split="", momentum=0.0, lr=0.001).to_dict()
     ck = str(out / "checkpoints" / "last.pt")
     mp.spawn(ddp_worker, args=(2, free_port(), cfg, [(1, 1)], str(tmp_path / "eval2"), ck), nprocs=2, join=True)
     ranks = [json.load(open(out / "ranks" / f"rank{r}.json")) for r in (0, 1)]
