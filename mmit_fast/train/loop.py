@@ -165,7 +165,12 @@ def _next_batch(it, run: Run, k: int):
 
 
 def train_epoch(run: Run) -> int:
-    """Micro-batches of the current epoch from ``start_batch``; returns the next batch index."""
+    """Micro-batches of the current epoch from ``start_batch``; returns the next batch index.
+
+    Groups of ``accum_steps`` micro-batches are aligned to the epoch's start. A resume after an
+    allowed change of ``batch_size``/``world_size``/``accum_steps`` may land inside a group:
+    that step is the rest of the group, and its micro-batches are divided by their own number
+    (the mean over what it holds), not by ``accum_steps``."""
     A, pos, used = run.cfg.accum_steps, run.start_batch, 0
     if run.start_batch >= run.n_batches:
         return pos
@@ -174,8 +179,8 @@ def train_epoch(run: Run) -> int:
     for k in range(run.start_batch, run.n_batches):
         batch = _next_batch(it, run, k)
         g0 = (k // A) * A
-        g_size = min(g0 + A, run.n_batches) - g0
-        last = k == g0 + g_size - 1
+        g_size = min(g0 + A, run.n_batches) - max(g0, run.start_batch)  # a resume may land inside a group
+        last = k == min(g0 + A, run.n_batches) - 1
         if micro_step(run, batch, g_size, last):
             used += 1
         else:
