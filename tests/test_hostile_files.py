@@ -134,3 +134,175 @@ def test_a_huge_or_deeply_nested_manifest_is_one_line(dataset, tmp_path, capsys)
     rc, err = _cli(capsys, "inspect", str(deep))
     assert rc == 2 and err == [f"mmit inspect: error: {deep / 'manifest.json'}: JSON nested deeper than a manifest "
                                "can be (not a dataset manifest?)"]
+
+
+# --------------------------------------------------------------------------- checkpoint size bombs
+MIB = 1 << 20
+
+
+class _ZeroDeflater:
+    """A zlib compressor for 1 MiB chunks of zeros: one precomputed full-flush block each (so
+    a 1 GiB record of zeros deflates in no time to ~1 MB)."""
+
+    def __init__(self):
+        import zlib
+
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        self.block = c.compress(bytes(MIB)) + c.flush(zlib.Z_FULL_FLUSH)
+        self.tail = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+
+    def compress(self, data):
+        assert len(data) == MIB
+        return self.block
+
+    def flush(self):
+        return self.tail
+
+
+def zip_bomb(path, claim_mib, key="conv1.weight"):
+    """A torch file of ~1 MB whose one tensor ``key`` holds ``claim_mib`` MiB of zeros in a
+    deflated zip record (torch.load reads it: it allocates all of it)."""
+    import zipfile
+
+    import torch
+
+    tmp = str(path) + ".skip"
+    with torch.serialization.skip_data():  # the pickle of a claim_mib tensor, its bytes not written
+        torch.save({key: torch.empty(claim_mib * MIB // 4)}, tmp)
+    orig = zipfile._get_compressor
+    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            if "/data/" not in info.filename:
+                dst.writestr(info.filename, src.read(info.filename))
+                continue
+            zi = zipfile.ZipInfo(info.filename)
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zipfile._get_compressor = lambda *a, **k: _ZeroDeflater()
+            try:
+                with dst.open(zi, "w", force_zip64=True) as f:
+                    for _ in range(claim_mib):
+                        f.write(bytes(MIB))
+            finally:
+                zipfile._get_compressor = orig
+    os.unlink(tmp)
+    return str(path)
+
+
+def _run_limited(code, limit_gib=3.0):
+    """Run ``code`` in a fresh Python whose address space is capped (so a regression fails
+    instead of eating the machine); returns (exit code, stdout, stderr, peak RSS in MiB)."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        lim = int(limit_gib * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+
+    wrapped = ("import resource, sys\ntry:\n" + "".join(f"    {l}\n" for l in code.strip().splitlines())
+               + "finally:\n    print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=300, env=env,
+                       preexec_fn=cap)
+    rss = int(p.stdout.rsplit("MAXRSS", 1)[1]) if "MAXRSS" in p.stdout else -1
+    return p.returncode, p.stdout, p.stderr, rss
+
+
+def test_a_checkpoint_size_bomb_is_refused_before_allocating(tmp_path):
+    """1 GiB of zeros deflated into a 1 MB file (what torch.save never writes): import-weights,
+    eval, finetune and every reader refuse it with one line from the zip's own metadata; the
+    process never holds the gigabyte (peak RSS measured)."""
+    import zipfile
+
+    bomb = zip_bomb(tmp_path / "bomb.pth", 1024)
+    size = os.path.getsize(bomb)
+    with zipfile.ZipFile(bomb) as z:
+        claim = sum(i.file_size for i in z.infolist())
+    assert size < 2 * MIB and claim > 1024 * MIB
+    (tmp_path / "cats.txt").write_text("a\nb\n")
+    code = f"""
+from mmit_fast.cli import main
+from mmit_fast.models.checkpoint import CheckpointError, safe_torch_load
+rcs = [main(["import-weights", {bomb!r}, "--format", "moments-resnet50", "--categories", {str(tmp_path / 'cats.txt')!r},
+             "--out", {str(tmp_path / 'out.pt')!r}]),
+       main(["eval", {bomb!r}, "--data", "nowhere"])]
+try:
+    safe_torch_load({bomb!r})
+except CheckpointError as e:
+    print("REFUSED", e)
+print("RCS", rcs)
+"""
+    rc, out, err, rss = _run_limited(code)
+    assert rc == 0, err[-2000:]
+    want = (f"{bomb}: its zip records claim {claim} bytes in a file of {size} bytes (compressed records, which "
+            "torch.save never writes); refused before reading them")
+    assert f"REFUSED {want}" in out and "RCS [2, 2]" in out, out
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert lines == [f"mmit import-weights: error: {want}", f"mmit eval: error: {want}"], lines
+    assert rss < 900, f"peak RSS {rss} MiB: the claimed gigabyte was allocated"
+    assert not os.path.exists(tmp_path / "out.pt")
+
+
+def test_import_weights_checks_the_layout_before_reading_any_tensor(tmp_path):
+    """A real (sparse) 1 GiB file of another layout: the layout is checked on the tensors'
+    shapes alone (read on the meta device) and refused, without reading the gigabyte."""
+    import torch
+
+    src = str(tmp_path / "big.pth")
+    with torch.serialization.skip_data():  # a 1 GiB record of zeros, written as a hole
+        torch.save({"state_dict": {"module.features.0.weight": torch.empty(256 * MIB)}}, src)
+    assert os.path.getsize(src) > 1024 * MIB
+    (tmp_path / "cats.txt").write_text("a\nb\n")
+    code = f"""
+from mmit_fast.cli import main
+print("RC", main(["import-weights", {src!r}, "--format", "moments-resnet50", "--categories",
+                  {str(tmp_path / 'cats.txt')!r}, "--out", {str(tmp_path / 'out.pt')!r}]))
+"""
+    rc, out, err, rss = _run_limited(code)
+    assert rc == 0 and "RC 2" in out, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"mmit import-weights: error: {src}: not a moments-resnet50 file")
+    assert "unexpected (1): features.0.weight" in lines[0]
+    assert rss < 900, f"peak RSS {rss} MiB: the file's gigabyte was read before the layout check"
+
+
+def _tiny_checkpoint(path, **changes):
+    """An mmit checkpoint of a tiny I3D (4 classes), with ``changes`` applied to its dict."""
+    import torch
+
+    from mmit_fast.models import create_model
+    from mmit_fast.models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    kw = {"depth": 18, "width": 8, "conv1_t": 1}
+    model = create_model("i3d", 4, **kw)
+    ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "classes": ["a", "b", "c", "d"],
+          "model_spec": {"name": "i3d", "num_classes": 4, "kwargs": kw}, "modality": "video",
+          "model": model.state_dict(), "preprocess": {"frames": 4, "crop": 32, "resize": 36}}
+    for k, v in changes.items():
+        ck[k] = v
+    torch.save(ck, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(model_spec={"name": "i3d", "num_classes": 40_000_000, "kwargs": {"depth": 18, "width": 8, "conv1_t": 1}}),
+     "weights do not match its model_spec (i3d, 40000000 classes): wrong shape (2): classifier.weight (4, 64) "
+     "(needs (40000000, 64)), classifier.bias (4,) (needs (40000000,))"),
+    (dict(preprocess={"frames": 4, "crop": 100_000, "resize": 36}),
+     "preprocess crop=100000 is not a sane clip setting (1..4096)"),
+    (dict(classes=["a", "b"]), "lists 2 class names for a model of 4 outputs"),
+])
+def test_a_checkpoint_claiming_sizes_its_weights_do_not_have_is_refused(tmp_path, change, named):
+    """export used to build a 40M-class classifier (10 GB) from the spec before comparing it
+    with the weights; the claims are now checked against the tensors' shapes first (a model
+    skeleton on the meta device), with one line naming the file."""
+    ck = _tiny_checkpoint(tmp_path / "ck.pt", **change)
+    code = f"""
+from mmit_fast.cli import main
+print("RC", main(["export", {ck!r}, "--format", "torchscript", "--out", {str(tmp_path / 'm.pt')!r}, "--no-check"]))
+"""
+    rc, out, err, rss = _run_limited(code)
+    assert rc == 0 and "RC 2" in out, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert lines == [f"mmit export: error: {ck}: {named}"], lines
+    assert rss < 900 and not os.path.exists(tmp_path / "m.pt")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..inference import autocast_context, model_modality, unwrap
-from ..models.checkpoint import CheckpointError
+from ..models.checkpoint import CheckpointError, check_spec_fits
 from .build import (build_model, dataset_fingerprint, make_criterion, make_loader_for, model_from_init, model_spec,
                     preprocess_spec)
 from .checkpoint import read_training_checkpoint
@@ -36,10 +36,12 @@ def configure_torch(cfg, device: torch.device, rank: int) -> None:
     seed_everything(cfg.seed + 1000 * rank)
 
 
-def make_model(cfg, num_classes: int, ck: Optional[Dict[str, Any]], device: torch.device):
-    """(model on ``device``, spec): resumed, fine-tuned from ``init_from``, or new."""
+def make_model(cfg, num_classes: int, ck: Optional[Dict[str, Any]], device: torch.device, ck_path: str = ""):
+    """(model on ``device``, spec): resumed (``ck`` read from ``ck_path``), fine-tuned from
+    ``init_from``, or new."""
     if ck is not None:
         spec = ck["model_spec"]
+        check_spec_fits(ck_path, spec, ck["model"])  # a spec claiming more than the weights: refused first
         model = build_model(spec)
         model.load_state_dict(ck["model"])
     elif cfg.init_from:
@@ -123,7 +125,7 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
     if ck is None and rank == 0 and run_history(cfg.out):
         print(f"[mmit train] warning: {cfg.out} holds a previous run ({', '.join(run_history(cfg.out))}); "
               "starting a new one replaces it (--resume auto continues it)", flush=True)
-    model, spec = make_model(cfg, manifest.num_classes, ck, device)
+    model, spec = make_model(cfg, manifest.num_classes, ck, device, resume_path or "")
     modality = model_modality(model)
     with_audio = cfg.with_audio if cfg.with_audio is not None else modality != "video"
     ddp: nn.Module = model
