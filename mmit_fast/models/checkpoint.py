@@ -125,6 +125,8 @@ def check_spec_fits(path: str, spec: Dict[str, Any], sd: Dict[str, Any]) -> None
     """The model ``spec`` describes, built on the meta device (nothing allocated), has exactly
     the tensors and shapes of the weights ``sd``: a spec claiming more (40 million classes over a
     4-row classifier) is refused before the real model is built."""
+    from .registry import create_model
+
     try:
         with torch.device("meta"):
             own = create_model(spec["name"], num_classes=int(spec["num_classes"]), **dict(spec.get("kwargs", {})))
