@@ -306,3 +306,63 @@ print("RC", main(["export", {ck!r}, "--format", "torchscript", "--out", {str(tmp
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines == [f"mmit export: error: {ck}: {named}"], lines
     assert rss < 900 and not os.path.exists(tmp_path / "m.pt")
+
+
+# --------------------------------------------------------------------------- concept sets (Broden)
+def _png_header_only(path, w, h):
+    """A PNG whose header claims ``w x h`` pixels (and holds no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def test_concept_set_rows_claiming_huge_images_or_outside_files_are_skipped_and_counted(tmp_path):
+    """index.csv rows: one claiming 40000x40000 pixels for a 16x16 file, one whose PNG header
+    claims 40000x40000, one naming ../../outside.png: dissection used to allocate 4.8 GB and die
+    with MemoryError (or read the outside file); each is now skipped with its reason, and the
+    run finishes on the four good images."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = f"""
+import json, shutil, sys
+sys.path.insert(0, {tests!r})
+from test_hostile_files import _png_header_only
+from test_interpret_dissect import _Oracle, make_broden
+from mmit_fast.data.sampling import ClipSpec
+from mmit_fast.interpret.broden import Broden
+from mmit_fast.interpret.dissect_run import dissect_model
+root = {str(tmp_path / 'b')!r}
+extra = [["big.png", "test", 40000, 40000, 40000, 40000, "", "", "3", ""],
+         ["hdr.png", "test", 16, 16, 16, 16, "", "", "3", ""],
+         ["bomb.png", "test", 16, 16, 16, 16, "", "", "3", ""],
+         ["../../outside.png", "test", 16, 16, 16, 16, "", "", "3", ""]]
+make_broden(root, rows_extra=extra)
+shutil.copy(root + "/images/im0.png", root + "/images/big.png")
+shutil.copy(root + "/images/im0.png", {str(tmp_path / 'outside.png')!r})
+_png_header_only(root + "/images/hdr.png", 5000, 5000)
+_png_header_only(root + "/images/bomb.png", 40000, 40000)
+raw = dissect_model(_Oracle().eval(), ClipSpec(frames=2, stride=1, crop=16), (0.5,) * 3, (0.25,) * 3, Broden(root),
+                    ["layer4"], quantile=8 / 256, batch_size=3)
+print("SKIPPED", json.dumps(raw["skipped"]))
+print("RED_IOU", float(raw["layers"]["layer4"]["iou"].iou()[0, raw["concepts"].index(1)]))
+"""
+    rc, out, err, rss = _run_limited(code)
+    assert rc == 0, err[-3000:]
+    skipped = json.loads(out.split("SKIPPED ", 1)[1].splitlines()[0])
+    index = f"{tmp_path / 'b'}/index.csv"
+    assert skipped == {
+        "big.png": f"{index}:6: image big.png claims 40000x40000 pixels (masks 40000x40000), more than the "
+                   f"16777216 a concept image may have",
+        "hdr.png": f"{tmp_path / 'b'}/images/hdr.png: its header claims 5000x5000 pixels, more than the 16777216 "
+                   "a concept image may have",
+        "bomb.png": skipped["bomb.png"],
+        "../../outside.png": f"{index}:9: image '../../outside.png' is not a file inside {tmp_path / 'b'}/images",
+    }
+    assert "RED_IOU 1.0" in out  # the hand-built unit still finds its concept on the good images
+    assert skipped["bomb.png"].startswith(f"{tmp_path / 'b'}/images/bomb.png: its header claims more than the "
+                                          "16777216 pixels a concept image may have (PIL: Image size (1600000000")
+    assert rss < 900
