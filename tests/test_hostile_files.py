@@ -366,3 +366,47 @@ print("RED_IOU", float(raw["layers"]["layer4"]["iou"].iou()[0, raw["concepts"].i
     assert skipped["bomb.png"].startswith(f"{tmp_path / 'b'}/images/bomb.png: its header claims more than the "
                                           "16777216 pixels a concept image may have (PIL: Image size (1600000000")
     assert rss < 900
+
+
+# --------------------------------------------------------------------------- the user's own --out folder
+@pytest.fixture(scope="module")
+def interp(tmp_path_factory):
+    """A tiny synthetic test split with its Broden export, and a small checkpoint of its 24 classes."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _interpret_util import tiny_synth, write_checkpoint
+
+    root = tmp_path_factory.mktemp("interp")
+    data, broden, classes = tiny_synth(str(root))
+    return data, broden, write_checkpoint(str(root / "ck.pt"), classes=classes)
+
+
+@pytest.mark.parametrize("verb", ["cam", "dissect"])
+def test_cam_and_dissect_never_overwrite_the_users_own_folder(interp, tmp_path, capsys, verb):
+    """--out is a folder of the user's own (index.html, report.html, summary.json, table5.md):
+    refused with one line, every file as it was; an empty or new folder is used, and the same
+    verb may write again into the folder it made (its marker file)."""
+    data, broden, ck = interp
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("index.html", "report.html", "summary.json", "table5.md"):
+        (mine / name).write_text(f"my own {name}\n")
+    before = _tree(mine)
+    argv = (["cam", f"{data}:test", "--limit", "1"] if verb == "cam" else ["dissect", broden, "--layers", "layer4"])
+    argv += ["--checkpoint", ck, "--device", "cpu"]
+    rc, err = _cli(capsys, *argv, "--out", str(mine))
+    assert rc == 2 and err == [f"mmit {verb}: error: --out {mine}: a folder with files of its own (index.html, "
+                               f"report.html, summary.json, ...), not the output of an earlier mmit {verb}: nothing "
+                               "is written there; give a new or empty folder"], err
+    assert _tree(mine) == before
+    out = tmp_path / "new"
+    assert _cli(capsys, *argv, "--out", str(out))[0] == 0
+    assert (out / ".mmit-output").read_text() == json.dumps({"verb": verb}) + "\n"
+    assert _cli(capsys, *argv, "--out", str(out))[0] == 0   # its own folder: written again
+    other = "dissect" if verb == "cam" else "cam"
+    rc, err = _cli(capsys, *(["cam", f"{data}:test", "--limit", "1"] if other == "cam" else
+                             ["dissect", broden, "--layers", "layer4"]), "--checkpoint", ck, "--device", "cpu",
+                   "--out", str(out))
+    assert rc == 2 and err == [f"mmit {other}: error: --out {out}: holds the output of mmit {verb}, not of mmit "
+                               f"{other}: nothing is written there; give a new or empty folder"], err

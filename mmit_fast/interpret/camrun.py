@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, claim_output_dir
 from . import render
 from .cam import mcam
 from .source import ClipItem, iter_clips, load_model, to_input
@@ -85,8 +85,10 @@ def _cam_records(checkpoint, source, out_dir, *, top_k, threshold, limit, device
 def run_cam(checkpoint: str, source: str, out_dir: str, *, top_k: int = 3, threshold: Optional[float] = None,
             limit: Optional[int] = None, device: str = "auto", per_frame: bool = True, batch_size: int = 8) -> str:
     """mCAM pictures of every clip of ``source`` (a video file, a ``.tar`` shard, a dataset folder
-    or ``FOLDER:SPLIT``) in ``out_dir``; returns the path of ``out_dir/index.html``."""
-    os.makedirs(out_dir, exist_ok=True)
+    or ``FOLDER:SPLIT``) in ``out_dir``; returns the path of ``out_dir/index.html``. ``out_dir``
+    must be new, empty or an earlier gallery's (:func:`~mmit_fast._io.claim_output_dir`): a
+    folder of the user's own is refused before anything is written."""
+    claim_output_dir(out_dir, "cam")
     res = _cam_records(checkpoint, source, out_dir, top_k=top_k, threshold=threshold, limit=limit, device=device,
                        per_frame=per_frame, batch_size=batch_size)
     sel = f"classes with score >= {threshold} (at most {top_k})" if threshold is not None else f"top-{top_k} classes"
