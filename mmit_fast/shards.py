@@ -353,6 +353,25 @@ def load_manifest(path: str) -> Manifest:
     return Manifest.from_dict(d, root=os.path.dirname(os.path.abspath(path)), where=path)
 
 
+def find_manifest(tar_path: str) -> Optional[Manifest]:
+    """The manifest of the dataset a shard belongs to: ``manifest.json`` in its folder, else a
+    part manifest (``manifest-pIIII.json``) there that lists it; None when there is none that
+    reads (a damaged or hostile manifest is not used)."""
+    import glob
+
+    folder, name = os.path.dirname(os.path.abspath(tar_path)), os.path.basename(tar_path)
+    cands = [os.path.join(folder, MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
+    for c in cands:
+        if os.path.exists(c):
+            try:
+                m = load_manifest(c)
+            except (ShardFormatError, OSError, ValueError, RecursionError):
+                continue
+            if c.endswith(MANIFEST_NAME) or any(s.path == name for s in m.shards):
+                return m
+    return None
+
+
 def parse_sample_meta(data: bytes, where: str = "sample") -> Dict[str, Any]:
     """Decode and check a ``<key>.json`` member."""
     try:

@@ -410,3 +410,108 @@ def test_cam_and_dissect_never_overwrite_the_users_own_folder(interp, tmp_path, 
                    "--out", str(out))
     assert rc == 2 and err == [f"mmit {other}: error: --out {out}: holds the output of mmit {verb}, not of mmit "
                                f"{other}: nothing is written there; give a new or empty folder"], err
+
+
+# --------------------------------------------------------------------------- mmit predict: long videos, vocabularies
+def _testsrc(path, seconds, size="640x360", gop=250):
+    import subprocess
+
+    from mmit_fast.pack.transcode import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size={size}:rate=25:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-crf", "40", "-g", str(gop), "-pix_fmt", "yuv420p", str(path)], check=True)
+    return str(path)
+
+
+def test_predict_reads_a_long_video_in_bounded_memory(interp, tmp_path):
+    """A 60 s 640x360 video (1500 frames: 1 GB decoded) and a 4 s one: `mmit predict` peaks at
+    the same memory for both (it decodes only the sampled frames, seeking to the keyframe
+    before them, and keeps them at the view's size), and prints one line for the clip."""
+    ck = interp[2]
+    short, long_ = _testsrc(tmp_path / "short.mp4", 4), _testsrc(tmp_path / "long.mp4", 60)
+    peaks = {}
+    for name, video in (("short", short), ("long", long_)):
+        out = tmp_path / f"out_{name}"
+        code = f"""
+from mmit_fast.cli import main
+print("RC", main(["predict", {video!r}, "--checkpoint", {ck!r}, "--device", "cpu", "--out", {str(out)!r}]))
+"""
+        rc, stdout, err, rss = _run_limited(code)
+        assert rc == 0 and "RC 0" in stdout, err[-2000:]
+        assert len([l for l in stdout.splitlines() if l.startswith(f"{name}: ")]) == 1, stdout
+        peaks[name] = rss
+    print("PEAKS", peaks)
+    assert peaks["long"] - peaks["short"] < 48, peaks
+
+
+def test_video_file_clip_equals_a_full_decode_and_ffmpegs_frames(tmp_path):
+    """The seeking reader's clip of a 3 s video (keyframe every 16 frames) equals the clip cut
+    from a full decode of every frame (exactly), and the frames ffmpeg's own decoder gives for
+    the planned indices (within 2 grey levels: another YUV->RGB rounding)."""
+    import subprocess
+
+    import numpy as np
+
+    from mmit_fast.data.sampling import ClipSpec, plan_views
+    from mmit_fast.interpret.source import _decode, _view, iter_clips
+    from mmit_fast.pack.transcode import ffmpeg_exe
+
+    video = _testsrc(tmp_path / "v.mp4", 3, size="96x64", gop=16)
+    for spec in (ClipSpec(mode="consecutive", frames=8, stride=3, crop=48, flip=False),
+                 ClipSpec(mode="segments", frames=6, crop=40, resize=56, flip=False)):
+        (item,) = list(iter_clips(video, spec, []))
+        full, plan, _ = _view(_decode(open(video, "rb").read(), video), spec)
+        np.testing.assert_array_equal(item.frames, full)
+        idx = plan_views(75, 64, 96, 25.0, spec, train=False)[0].indices
+        sel = "+".join(f"eq(n\\,{i})" for i in sorted(set(int(i) for i in idx)))
+        raw = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", video, "-vf", f"select='{sel}'", "-vsync", "0",
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        ff = np.frombuffer(raw, np.uint8).reshape(-1, 64, 96, 3)
+        order = {v: k for k, v in enumerate(sorted(set(int(i) for i in idx)))}
+        from mmit_fast.data.pyav import resize_clip
+
+        ref = resize_clip(ff[[order[int(i)] for i in idx]], plan.resize_hw)
+        y, x = plan.crop_yx
+        ref = ref[:, y:y + plan.crop, x:x + plan.crop]
+        assert np.abs(ref.astype(int) - item.frames.astype(int)).max() <= 2
+
+
+def test_predict_compares_vocabularies_by_name(interp, tmp_path, capsys):
+    """The 24-class synthetic shard with a checkpoint of 4 other classes: refused with one line
+    (it used to print wrong truth for every clip); with the same 24 names in another order:
+    truth and predictions matched by name, said in one note line."""
+    import random
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _interpret_util import write_checkpoint
+
+    from mmit_fast.pack.writer import iter_tar_samples
+
+    data, _, ck = interp
+    classes = S.load_manifest(data).classes
+    other = write_checkpoint(str(tmp_path / "four.pt"), num_classes=4, classes=["cat", "dog", "car", "tree"])
+    rc, err = _cli(capsys, "predict", f"{data}:test", "--checkpoint", other, "--no-cam", "--device", "cpu")
+    assert rc == 2 and err == [f"mmit predict: error: {data}: its vocabulary (24 classes: {', '.join(classes[:3])}, "
+                               "...) shares no class name with the checkpoint's (4 classes: cat, dog, car, ...): "
+                               "not this model's data"], err
+    shuffled = list(classes)
+    random.Random(0).shuffle(shuffled)
+    perm = write_checkpoint(str(tmp_path / "perm.pt"), num_classes=24, classes=shuffled)
+    capsys.readouterr()
+    from mmit_fast.cli import main
+
+    assert main(["predict", f"{data}:test", "--checkpoint", perm, "--no-cam", "--device", "cpu", "--top-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"mmit predict: note: {data} orders its 24 classes differently from the "
+                                        "checkpoint: truth and predictions are matched by name"]
+    truth = {}
+    for shard in S.load_manifest(data).shard_paths("test"):
+        for key, mem in iter_tar_samples(shard):
+            truth[key] = [classes[i] for i in S.decode_label_ids(mem["ids"])]
+    lines = out.strip().splitlines()
+    assert len(lines) == len(truth)
+    for line in lines:
+        key = line.split(":", 1)[0]
+        assert line.endswith(f"(truth: {', '.join(truth[key])})"), line
