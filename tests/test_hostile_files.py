@@ -284,27 +284,29 @@ def _tiny_checkpoint(path, **changes):
     return str(path)
 
 
-@pytest.mark.parametrize("change, named", [
+CLAIMS = [
     (dict(model_spec={"name": "i3d", "num_classes": 40_000_000, "kwargs": {"depth": 18, "width": 8, "conv1_t": 1}}),
      "weights do not match its model_spec (i3d, 40000000 classes): wrong shape (2): classifier.weight (4, 64) "
      "(needs (40000000, 64)), classifier.bias (4,) (needs (40000000,))"),
     (dict(preprocess={"frames": 4, "crop": 100_000, "resize": 36}),
      "preprocess crop=100000 is not a sane clip setting (1..4096)"),
     (dict(classes=["a", "b"]), "lists 2 class names for a model of 4 outputs"),
-])
-def test_a_checkpoint_claiming_sizes_its_weights_do_not_have_is_refused(tmp_path, change, named):
+]
+
+
+def test_a_checkpoint_claiming_sizes_its_weights_do_not_have_is_refused(tmp_path):
     """export used to build a 40M-class classifier (10 GB) from the spec before comparing it
-    with the weights; the claims are now checked against the tensors' shapes first (a model
-    skeleton on the meta device), with one line naming the file."""
-    ck = _tiny_checkpoint(tmp_path / "ck.pt", **change)
-    code = f"""
-from mmit_fast.cli import main
-print("RC", main(["export", {ck!r}, "--format", "torchscript", "--out", {str(tmp_path / 'm.pt')!r}, "--no-check"]))
-"""
+    with the weights, to take a 100000-pixel crop from preprocess, and to export 2 class names
+    for 4 outputs; the claims are now checked against the tensors' shapes first (a model
+    skeleton on the meta device), with one line naming the file (one capped process)."""
+    cks = [_tiny_checkpoint(tmp_path / f"ck{i}.pt", **change) for i, (change, _) in enumerate(CLAIMS)]
+    code = "from mmit_fast.cli import main\n" + "".join(
+        f"print('RC', main(['export', {ck!r}, '--format', 'torchscript', '--out', {str(tmp_path / 'm.pt')!r}, "
+        "'--no-check']))\n" for ck in cks)
     rc, out, err, rss = _run_limited(code)
-    assert rc == 0 and "RC 2" in out, err[-2000:]
+    assert rc == 0 and out.count("RC 2") == 3, err[-2000:]
     lines = [l for l in err.splitlines() if l.strip()]
-    assert lines == [f"mmit export: error: {ck}: {named}"], lines
+    assert lines == [f"mmit export: error: {ck}: {named}" for ck, (_, named) in zip(cks, CLAIMS)], lines
     assert rss < 900 and not os.path.exists(tmp_path / "m.pt")
 
 
