@@ -106,7 +106,8 @@ def claim_output_dir(path: PathLike, verb: str) -> str:
         if owner is None:
             names = sorted(n for n in os.listdir(path) if not n.startswith("."))[:3] or sorted(os.listdir(path))[:3]
             raise OutputDirError(f"--out {path}: a folder with files of its own ({', '.join(names)}, ...), not the "
-                                 f"output of an earlier mmit {verb}: nothing is written there; give a new or empty folder")
+                                 f"output of an earlier mmit {verb}: nothing is written there; give a new or empty "
+                                 "folder")
         if owner != verb:
             raise OutputDirError(f"--out {path}: holds the output of mmit {owner}, not of mmit {verb}: nothing is "
                                  "written there; give a new or empty folder")
