@@ -117,7 +117,8 @@ def _check_clip_settings(ck: Dict[str, Any], path: str) -> None:
             v = d.get(key)
             if v is None or (key == "resize" and v == 0):
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+            if isinstance(v, bool) or not integral or not 1 <= v <= top:
                 raise CheckpointError(f"{path}: {part} {key}={v!r} is not a sane clip setting (1..{top})")
 
 
