@@ -79,3 +79,39 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+OUTPUT_MARKER = ".mmit-output"
+
+
+class OutputDirError(ValueError):
+    """An ``--out`` folder that holds files this verb did not write: nothing is written there."""
+
+
+def claim_output_dir(path: PathLike, verb: str) -> str:
+    """Make ``path`` the output folder of ``mmit <verb>``: created when missing; an existing
+    folder must be empty or carry the marker file (:data:`OUTPUT_MARKER`) of an earlier run of
+    the same verb, whose files are then replaced. Any other non-empty folder (the user's own
+    ``index.html``...) or another verb's output raises :class:`OutputDirError` before anything
+    is written. Returns the path."""
+    path = os.fspath(path)
+    marker = os.path.join(path, OUTPUT_MARKER)
+    if os.path.isdir(path) and os.listdir(path):
+        owner = None
+        try:
+            with open(marker, encoding="utf-8") as f:
+                owner = json.load(f).get("verb")
+        except (OSError, ValueError, AttributeError):
+            pass
+        if owner is None:
+            names = sorted(n for n in os.listdir(path) if not n.startswith("."))[:3] or sorted(os.listdir(path))[:3]
+            raise OutputDirError(f"--out {path}: a folder with files of its own ({', '.join(names)}, ...), not the "
+                                 f"output of an earlier mmit {verb}: nothing is written there; give a new or empty "
+                                 "folder")
+        if owner != verb:
+            raise OutputDirError(f"--out {path}: holds the output of mmit {owner}, not of mmit {verb}: nothing is "
+                                 "written there; give a new or empty folder")
+    os.makedirs(path, exist_ok=True)
+    if not os.path.exists(marker):
+        atomic_write_text(marker, json.dumps({"verb": verb}) + "\n")
+    return path

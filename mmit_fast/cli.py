@@ -425,8 +425,11 @@ def _cmd_cam(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .interpret.camrun import run_cam
 
+    notes: List[str] = []
     index = run_cam(args.checkpoint, args.source, args.out, top_k=args.top_k, threshold=args.threshold,
-                    limit=args.limit, device=args.device, per_frame=not args.time_average)
+                    limit=args.limit, device=args.device, per_frame=not args.time_average, notes=notes)
+    for n in notes:
+        print(f"mmit cam: note: {n}", file=sys.stderr)
     print(f"mCAM gallery: {index}")
     return 0
 
@@ -451,8 +454,12 @@ def _cmd_predict(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .interpret.camrun import predict
 
-    for r in predict(args.checkpoint, args.source, top_k=args.top_k, out_dir=None if args.no_cam else args.out,
-                     limit=args.limit, device=args.device):
+    notes: List[str] = []
+    rows = predict(args.checkpoint, args.source, top_k=args.top_k, out_dir=None if args.no_cam else args.out,
+                   limit=args.limit, device=args.device, notes=notes)
+    for n in notes:
+        print(f"mmit predict: note: {n}", file=sys.stderr)
+    for r in rows:
         print(f"{r['key']}: " + ", ".join(f"{c} {s:.3f}" for c, s in r["top"])
               + (f"   (truth: {', '.join(r['truth'])})" if r["truth"] else "") + (f"   -> {r['png']}" if r.get("png") else ""))
     return 0

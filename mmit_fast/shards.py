@@ -89,8 +89,13 @@ class IntegrityError(ShardFormatError):
 
 
 # --------------------------------------------------------------------------- keys
+def is_valid_key(key: Any) -> bool:
+    """A sample key (``[A-Za-z0-9_-]+``): safe to name a file with."""
+    return isinstance(key, str) and bool(_KEY_RE.fullmatch(key))
+
+
 def validate_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise ShardFormatError(f"invalid sample key {key!r}: keys are [A-Za-z0-9_-]+ (no dots, no slashes)")
     return key
 
@@ -197,6 +202,18 @@ def manifest_name(part: Optional[int] = None) -> str:
 
 
 # --------------------------------------------------------------------------- manifest
+def _inside(rel: Any, what: str, where: str) -> str:
+    """``rel`` when it is a relative path that stays inside the dataset folder (no absolute path,
+    no drive, no ``..`` component); a :class:`ShardFormatError` naming the manifest otherwise."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise ShardFormatError(f"{where}: {what} path {rel!r} is not a file name")
+    parts = re.split(r"[\\/]+", rel)
+    if os.path.isabs(rel) or rel[:1] in "/\\" or re.match(r"^[A-Za-z]:", rel) or ".." in parts:
+        raise ShardFormatError(f"{where}: {what} path {rel!r} is not inside the dataset folder (absolute, or through "
+                               "'..'); a manifest names its shards relative to its folder")
+    return rel
+
+
 @dataclass
 class ShardInfo:
     path: str                 # relative to the dataset folder
@@ -289,10 +306,15 @@ class Manifest:
             raise ShardFormatError(f"{where}: format version {d.get('version')} is newer than this mmit-fast ({VERSION})")
         if not isinstance(d.get("classes"), list) or not d["classes"]:
             raise ShardFormatError(f"{where}: 'classes' must be a non-empty list of class names")
+        if not isinstance(d.get("shards", []), list) or not all(isinstance(s, dict) for s in d.get("shards", [])):
+            raise ShardFormatError(f"{where}: 'shards' must be a list of objects")
         try:
             shards = [ShardInfo(**s) for s in d.get("shards", [])]
         except TypeError as e:
             raise ShardFormatError(f"{where}: bad shard entry: {e}") from None
+        for info in shards:
+            _inside(info.path, "shard", where)
+            _inside(info.index, "index", where)
         known = {f for f in cls.__dataclass_fields__ if f not in ("shards", "root")}
         kw = {k: v for k, v in d.items() if k in known}
         return cls(shards=shards, root=root, **kw)
@@ -302,19 +324,52 @@ class Manifest:
         atomic_write_json(path, self.to_dict())
 
 
+#: the largest manifest read (a 1M-video dataset with 10% rejected rows is ~25 MB)
+MAX_MANIFEST_BYTES = 64 << 20
+
+
 def load_manifest(path: str) -> Manifest:
-    """Load ``manifest.json`` from a dataset folder or a file path, with errors that name it."""
+    """Load ``manifest.json`` from a dataset folder or a file path, with errors that name it.
+
+    A manifest is data from whoever made the folder: its size is checked before it is read
+    (:data:`MAX_MANIFEST_BYTES`), nesting too deep for the JSON reader is an error naming it,
+    and every shard and index path must stay inside the folder (:meth:`Manifest.from_dict`)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, MANIFEST_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no manifest at {path}: is this a folder written by `mmit pack` / `mmit synth`?")
+    size = os.path.getsize(path)
+    if size > MAX_MANIFEST_BYTES:
+        raise ShardFormatError(f"{path}: {size} bytes, more than a manifest may hold ({MAX_MANIFEST_BYTES} bytes); "
+                               "not a dataset manifest?")
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ShardFormatError(f"{path}: JSON nested deeper than a manifest can be (not a dataset manifest?)") from None
     return Manifest.from_dict(d, root=os.path.dirname(os.path.abspath(path)), where=path)
+
+
+def find_manifest(tar_path: str) -> Optional[Manifest]:
+    """The manifest of the dataset a shard belongs to: ``manifest.json`` in its folder, else a
+    part manifest (``manifest-pIIII.json``) there that lists it; None when there is none that
+    reads (a damaged or hostile manifest is not used)."""
+    import glob
+
+    folder, name = os.path.dirname(os.path.abspath(tar_path)), os.path.basename(tar_path)
+    cands = [os.path.join(folder, MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
+    for c in cands:
+        if os.path.exists(c):
+            try:
+                m = load_manifest(c)
+            except (ShardFormatError, OSError, ValueError, RecursionError):
+                continue
+            if c.endswith(MANIFEST_NAME) or any(s.path == name for s in m.shards):
+                return m
+    return None
 
 
 def parse_sample_meta(data: bytes, where: str = "sample") -> Dict[str, Any]:

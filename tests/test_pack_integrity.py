@@ -410,3 +410,43 @@ def test_readme_pack_example_runs_without_test_extras(tmp_path):
     man = S.load_manifest(str(tmp_path / "data" / "demo"))
     assert man.splits["train"]["samples"] == 3 and man.rejected == []
     assert man.splits["train"]["without_audio"] == 2
+
+
+# --------------------------------------------------------------------------- issue 18: annotation files
+def test_a_rejected_row_does_not_claim_its_file(clips, tmp_path):
+    """c0 listed first with no usable label (only an unknown one, dropped), then again with a
+    valid label: the second row is packed, the first is rejected for its labels, not as a
+    duplicate of a row that was never kept."""
+    ann = _ann(tmp_path / "a.csv", ["c0.mp4,flying", "c1.mp4,biking", "./c0.mp4,walking"])
+    rows, rejected = read_annotations(ann, CLASSES, drop_unknown=True, video_root=str(clips))
+    assert [(a.path, a.labels, a.line) for a in rows] == [("c1.mp4", ["biking"], 2), ("./c0.mp4", ["walking"], 3)]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(1, "no known labels (dropped unknown ['flying'])")]
+    pack_videos(str(clips), ann, str(clips / "cats.txt"), str(tmp_path / "o"), drop_unknown=True, **KW)
+    assert _packed(tmp_path / "o") == {"c1.mp4": (["biking"], True), "./c0.mp4": (["walking"], True)}
+
+
+@pytest.mark.parametrize("name, text", [("empty.csv", ""), ("blank.csv", "\n  \n\n"), ("header.csv", "path,labels\n"),
+                                        ("empty.jsonl", "\n")])
+def test_an_annotation_file_listing_no_video_is_named(clips, tmp_path, capsys, name, text):
+    ann = tmp_path / name
+    ann.write_text(text)
+    want = f"{ann}: the annotation file lists no video (empty, blank lines or a header only)"
+    with pytest.raises(AnnotationError) as e:
+        read_annotations(str(ann), CLASSES)
+    assert str(e.value) == want
+    rc, _, err = _cli(capsys, "pack", "--videos", str(clips), "--annotations", str(ann), "--categories",
+                      str(clips / "cats.txt"), "--out", str(tmp_path / "o"))
+    assert rc == 2 and err == [f"mmit pack: {want}"]
+    assert not os.path.exists(tmp_path / "o" / "manifest.json")
+
+
+def test_an_enormous_csv_field_is_bad_input_naming_file_and_line(clips, tmp_path, capsys):
+    ann = tmp_path / "a.csv"
+    ann.write_text("c0.mp4,walking\nc1.mp4," + "x" * 200_000 + "\nc2.mp4,running\n")
+    want = f"{ann}:2: a field longer than 131072 characters (csv's limit): not an annotation row"
+    with pytest.raises(AnnotationError) as e:
+        read_annotations(str(ann), CLASSES)
+    assert str(e.value) == want
+    rc, _, err = _cli(capsys, "pack", "--videos", str(clips), "--annotations", str(ann), "--categories",
+                      str(clips / "cats.txt"), "--out", str(tmp_path / "o"))
+    assert rc == 2 and err == [f"mmit pack: {want}"]

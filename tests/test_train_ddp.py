@@ -24,9 +24,14 @@ def test_skip_nonfinite_with_accumulation_keeps_replicas_equal_and_eval_matches(
     """accum 2, 3 batches per rank: groups [0, 1] and [2]. Rank 1's micro-batch 1 (the last of
     the first group, its all-reduce point) is non-finite: both ranks skip it and still step
     with the same all-reduced gradient of micro-batch 0. Then a 2-process eval of the result
-    equals a 1-process eval, chance level and scores file included."""
+    equals a 1-process eval, chance level and scores file included.
+
+    lr 0.001: at lr 0.05 two steps on 2-clip per-rank batches leave eval-mode scores near 1e7
+    (1e3 at lr 0.005: BatchNorm's running statistics after two updates do not describe the
+    trained activations), and comparing such values to rtol 1e-5 is flaky by construction. The
+    scores are checked to stay small, so that the comparison tests the replicas."""
     out = tmp_path / "ddp"
-    cfg = tiny_cfg(tiny_data, out, accum_steps=2, skip_nonfinite=True, val_split="", momentum=0.0).to_dict()
+    cfg = tiny_cfg(tiny_data, out, accum_steps=2, skip_nonfinite=True, val_split="", momentum=0.0, lr=0.001).to_dict()
     ck = str(out / "checkpoints" / "last.pt")
     mp.spawn(ddp_worker, args=(2, free_port(), cfg, [(1, 1)], str(tmp_path / "eval2"), ck), nprocs=2, join=True)
     ranks = [json.load(open(out / "ranks" / f"rank{r}.json")) for r in (0, 1)]
@@ -43,5 +48,6 @@ def test_skip_nonfinite_with_accumulation_keeps_replicas_equal_and_eval_matches(
         assert two["chance"][k] == one["chance"][k], f"chance {k}"
     z1, z2 = np.load(tmp_path / "eval1" / "val_scores.npz"), np.load(tmp_path / "eval2" / "val_scores.npz")
     assert z1["keys"].tolist() == z2["keys"].tolist()
+    assert np.abs(z1["scores"]).max() < 10, "the tiny run diverged: the comparison below would test nothing"
     np.testing.assert_allclose(z1["scores"], z2["scores"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(z1["targets"], z2["targets"])

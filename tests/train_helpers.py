@@ -119,3 +119,25 @@ def ddp_worker(rank, world, port, cfg_dict, bad, eval_out, ckpt):
     if eval_out is not None:
         os.environ["MASTER_PORT"] = str(port + 1)
         evaluate_checkpoint(ckpt, None, "val", out=eval_out, progress=False, num_workers=0)
+
+
+def patch_forward(monkeypatch, hook):
+    """Call ``hook(call, model, batch)`` before every training forward pass (calls 0-based,
+    evaluation not included); the hook may change the batch or look at the model."""
+    from mmit_fast.train import step
+
+    orig, calls = step.forward, [0]
+
+    def forward(model, batch, modality):
+        hook(calls[0], model, batch)
+        calls[0] += 1
+        return orig(model, batch, modality)
+
+    monkeypatch.setattr(step, "forward", forward)
+
+
+def state_copy(model):
+    """Every tensor of the model's state (parameters and buffers), copied."""
+    from mmit_fast.inference import unwrap
+
+    return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}

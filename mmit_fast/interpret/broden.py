@@ -19,6 +19,11 @@ A folder holds:
 
 Malformed files and rows raise :class:`BrodenError` naming file and line; an image or mask
 that cannot be read raises it when loaded (:meth:`Broden.load`), so a caller can skip and count.
+
+A concept set is data from whoever made it: image and mask names must be files inside
+``images/`` (no absolute path, no ``..``), and sizes are checked before anything is allocated:
+a row claiming more than :data:`MAX_PIXELS` pixels for its image or masks, and an image or
+mask file whose header does, raise :class:`BrodenError` when loaded (skipped and counted).
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["BrodenError", "Concept", "Broden", "CATEGORIES", "read_mask_png"]
+__all__ = ["BrodenError", "Concept", "Broden", "CATEGORIES", "MAX_PIXELS", "read_mask_png"]
 
 CATEGORIES = ("object", "scene", "part", "material", "texture", "color", "action")
+#: the most pixels a concept image or mask may have (Broden's are 224 x 224 to 384 x 384)
+MAX_PIXELS = 4096 * 4096
 _NEED = ("image", "ih", "iw", "sh", "sw")
 _BOX = re.compile(r"^box:(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?):(\d+)$")
 _CAT = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\((\d+)\))?\s*$")
@@ -60,15 +67,33 @@ class _Row:
     line: int
 
 
-def read_mask_png(path: str) -> np.ndarray:
-    """A Broden mask PNG as int64 labels ``R + 256 * G`` [h, w]."""
+def _open_image(path: str, what: str):
+    """A PIL image opened lazily, its header's size checked against :data:`MAX_PIXELS` before
+    any pixel is decoded (PIL's own, larger, decompression-bomb limit refuses some at open)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB"))
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise BrodenError(f"{path}: its header claims more than the {MAX_PIXELS} pixels a concept image may have "
+                          f"(PIL: {e})") from None
     except (OSError, ValueError) as e:
-        raise BrodenError(f"{path}: mask cannot be read ({type(e).__name__}: {e})") from None
+        raise BrodenError(f"{path}: {what} cannot be read ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise BrodenError(f"{path}: its header claims {w}x{h} pixels, more than the {MAX_PIXELS} a concept image "
+                          "may have")
+    return im
+
+
+def read_mask_png(path: str) -> np.ndarray:
+    """A Broden mask PNG as int64 labels ``R + 256 * G`` [h, w]."""
+    with _open_image(path, "mask") as im:
+        try:
+            a = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise BrodenError(f"{path}: mask cannot be read ({type(e).__name__}: {e})") from None
     return a[..., 0].astype(np.int64) + 256 * a[..., 1].astype(np.int64)
 
 
@@ -169,24 +194,40 @@ class Broden:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _file(self, r: _Row, name: str) -> str:
+        """``images/<name>`` when ``name`` stays inside ``images/``; BrodenError otherwise."""
+        parts = re.split(r"[\\/]+", name)
+        if os.path.isabs(name) or name[:1] in "/\\" or ".." in parts:
+            raise BrodenError(f"{self.root}/index.csv:{r.line}: image {name!r} is not a file inside "
+                              f"{self.root}/images")
+        return os.path.join(self.root, "images", name)
+
+    def _check_size(self, r: _Row) -> None:
+        if r.ih * r.iw > MAX_PIXELS or r.sh * r.sw > MAX_PIXELS:
+            raise BrodenError(f"{self.root}/index.csv:{r.line}: image {r.image} claims {r.iw}x{r.ih} pixels (masks "
+                              f"{r.sw}x{r.sh}), more than the {MAX_PIXELS} a concept image may have")
+
     def image(self, i: int) -> np.ndarray:
-        """uint8 [ih, iw, 3] of row ``i`` (resized to ``ih x iw`` if the file differs)."""
+        """uint8 [ih, iw, 3] of row ``i`` (resized to ``ih x iw`` if the file differs); the
+        row's claimed sizes and the file's header are checked first (module docstring)."""
         from PIL import Image
 
         r = self.rows[i]
-        path = os.path.join(self.root, "images", r.image)
-        try:
-            with Image.open(path) as im:
+        path = self._file(r, r.image)
+        self._check_size(r)
+        with _open_image(path, "image") as im:
+            try:
                 im = im.convert("RGB")
                 if im.size != (r.iw, r.ih):
                     im = im.resize((r.iw, r.ih), Image.BILINEAR)
                 return np.asarray(im)
-        except (OSError, ValueError) as e:
-            raise BrodenError(f"{path}: image cannot be read ({type(e).__name__}: {e})") from None
+            except (OSError, ValueError) as e:
+                raise BrodenError(f"{path}: image cannot be read ({type(e).__name__}: {e})") from None
 
     def masks(self, i: int) -> Tuple[Dict[int, np.ndarray], List[str]]:
         """``({concept number: bool [sh, sw]}, annotated categories)`` of row ``i``."""
         r = self.rows[i]
+        self._check_size(r)
         out: Dict[int, np.ndarray] = {}
 
         def add(num: int, m: np.ndarray) -> None:
@@ -204,7 +245,7 @@ class Broden:
                     m[max(0, int(y0)):max(0, int(np.ceil(y1))), max(0, int(x0)):max(0, int(np.ceil(x1)))] = True
                     add(int(g[4]), m)
                 else:
-                    lab = read_mask_png(os.path.join(self.root, "images", t))
+                    lab = read_mask_png(self._file(r, t))
                     if lab.shape != (r.sh, r.sw):
                         raise BrodenError(f"{self.root}/images/{t}: mask is {lab.shape[1]}x{lab.shape[0]}, "
                                           f"index.csv line {r.line} says {r.sw}x{r.sh}")

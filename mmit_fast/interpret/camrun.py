@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, claim_output_dir
 from . import render
 from .cam import mcam
 from .source import ClipItem, iter_clips, load_model, to_input
@@ -57,7 +57,10 @@ def _pictures(out_dir: str, item: ClipItem, heat: np.ndarray, owner: np.ndarray,
 
 
 def _cam_records(checkpoint, source, out_dir, *, top_k, threshold, limit, device, per_frame, batch_size,
-                 pictures=True) -> Dict[str, Any]:
+                 pictures=True, report_k=0) -> Dict[str, Any]:
+    """One pass over the clips of ``source``: mCAM of each clip's ``top_k`` classes (pictures
+    in ``out_dir`` when ``pictures``), and with ``report_k`` its top ``report_k`` labels by
+    score (``"top"``). Returns ``{"records", "skipped", "notes"}``."""
     model, spec, mean, std = load_model(checkpoint, device)
     names = list(model.class_names)
     dev = next(model.parameters()).device
@@ -67,48 +70,69 @@ def _cam_records(checkpoint, source, out_dir, *, top_k, threshold, limit, device
         x = to_input(np.stack([it.frames for it in batch]), mean, std, dev)
         res = mcam(model, x, top_k=top_k, threshold=threshold, per_frame=per_frame)
         heat, owner = res.heat.cpu().numpy(), res.owner.cpu().numpy()
+        top = torch.sigmoid(res.logits.float()).topk(min(report_k, len(names)), dim=1) if report_k else None
         for b, item in enumerate(batch):
             slots = [j for j in range(res.class_ids.shape[1]) if bool(res.valid[b, j])]
             labels = [names[int(res.class_ids[b, j])] if j in slots else "" for j in range(res.class_ids.shape[1])]
             own = np.where(np.isin(owner[b], slots), owner[b], -1)
             rec = {"key": item.key, "truth": item.labels,
                    "pred": [(labels[j], float(res.scores[b, j])) for j in slots]}
+            if top is not None:
+                rec["top"] = [(names[int(i)], float(v)) for v, i in zip(top.values[b], top.indices[b])]
             if pictures:
                 rec.update(_pictures(out_dir, item, heat[b], own, labels, per_frame))
             records.append(rec)
     if not records:
         raise ValueError(f"{source}: no clip could be read" + (
             f" ({len(counter['skipped'])} skipped: {counter['skipped'][0]})" if counter.get("skipped") else ""))
-    return {"records": records, "skipped": counter.get("skipped", [])}
+    return {"records": records, "skipped": counter.get("skipped", []), "notes": counter.get("notes", [])}
 
 
-def run_cam(checkpoint: str, source: str, out_dir: str, *, top_k: int = 3, threshold: Optional[float] = None,
-            limit: Optional[int] = None, device: str = "auto", per_frame: bool = True, batch_size: int = 8) -> str:
-    """mCAM pictures of every clip of ``source`` (a video file, a ``.tar`` shard, a dataset folder
-    or ``FOLDER:SPLIT``) in ``out_dir``; returns the path of ``out_dir/index.html``."""
-    os.makedirs(out_dir, exist_ok=True)
-    res = _cam_records(checkpoint, source, out_dir, top_k=top_k, threshold=threshold, limit=limit, device=device,
-                       per_frame=per_frame, batch_size=batch_size)
-    sel = f"classes with score >= {threshold} (at most {top_k})" if threshold is not None else f"top-{top_k} classes"
+def _gallery(checkpoint: str, source: str, out_dir: str, res: Dict[str, Any], sel: str, per_frame: bool) -> str:
+    """``cams.json`` and ``index.html`` of the records ``res``; returns the index path."""
     note = (f"checkpoint {checkpoint}; source {source}; {sel}"
             + ("; per-frame maps (strip of frames; the GIF animates every frame)" if per_frame else "; time-averaged maps")
-            + (f"; {len(res['skipped'])} samples skipped (see cams.json)" if res["skipped"] else ""))
+            + (f"; {len(res['skipped'])} samples skipped (see cams.json)" if res["skipped"] else "")
+            + "".join(f"; {n}" for n in res["notes"]))
     atomic_write_json(os.path.join(out_dir, "cams.json"), {"checkpoint": os.path.abspath(checkpoint),
                                                           "source": os.path.abspath(source), **res})
     return render.write_gallery(os.path.join(out_dir, "index.html"), res["records"], title="mCAM gallery", note=note)
 
 
+def run_cam(checkpoint: str, source: str, out_dir: str, *, top_k: int = 3, threshold: Optional[float] = None,
+            limit: Optional[int] = None, device: str = "auto", per_frame: bool = True, batch_size: int = 8,
+            notes: Optional[List[str]] = None) -> str:
+    """mCAM pictures of every clip of ``source`` (a video file, a ``.tar`` shard, a dataset folder
+    or ``FOLDER:SPLIT``) in ``out_dir``; returns the path of ``out_dir/index.html``. ``out_dir``
+    must be new, empty or an earlier gallery's (:func:`~mmit_fast._io.claim_output_dir`): a
+    folder of the user's own is refused before anything is written. ``notes`` (a list) gets
+    the lines worth telling the user (e.g. a vocabulary matched by name)."""
+    claim_output_dir(out_dir, "cam")
+    res = _cam_records(checkpoint, source, out_dir, top_k=top_k, threshold=threshold, limit=limit, device=device,
+                       per_frame=per_frame, batch_size=batch_size)
+    if notes is not None:
+        notes.extend(res["notes"])
+    sel = f"classes with score >= {threshold} (at most {top_k})" if threshold is not None else f"top-{top_k} classes"
+    return _gallery(checkpoint, source, out_dir, res, sel, per_frame)
+
+
 def predict(checkpoint: str, source: str, *, top_k: int = 5, out_dir: Optional[str] = None,
-            limit: Optional[int] = None, device: str = "auto", cam_top_k: int = 3) -> List[Dict[str, Any]]:
+            limit: Optional[int] = None, device: str = "auto", cam_top_k: int = 3,
+            notes: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Top-``top_k`` labels with scores (sigmoid of the logits) for each clip of ``source``; with
-    ``out_dir`` also each clip's mCAM picture (of its top ``cam_top_k`` classes) and ``index.html``.
-    Returns ``[{"key", "top": [(label, score), ...], "png"?}]``."""
-    with torch.no_grad():
-        res = _cam_records(checkpoint, source, out_dir or "", top_k=max(top_k, cam_top_k), threshold=None,
-                           limit=limit, device=device, per_frame=True, batch_size=4, pictures=False)
-    out = [{"key": r["key"], "top": r["pred"][:top_k], "truth": r["truth"]} for r in res["records"]]
+    ``out_dir`` also each clip's mCAM picture (of its top ``cam_top_k`` classes) and ``index.html``,
+    from the same single pass over the clips (each decoded once). Returns ``[{"key", "top":
+    [(label, score), ...], "truth", "png"?, "index"?}]``; ``notes`` as in :func:`run_cam`."""
     if out_dir:
-        index = run_cam(checkpoint, source, out_dir, top_k=cam_top_k, limit=limit, device=device)
+        claim_output_dir(out_dir, "cam")
+    with torch.no_grad():
+        res = _cam_records(checkpoint, source, out_dir or "", top_k=cam_top_k, threshold=None, limit=limit,
+                           device=device, per_frame=True, batch_size=4, pictures=bool(out_dir), report_k=top_k)
+    if notes is not None:
+        notes.extend(res["notes"])
+    out = [{"key": r["key"], "top": r["top"], "truth": r["truth"]} for r in res["records"]]
+    if out_dir:
+        index = _gallery(checkpoint, source, out_dir, res, f"top-{cam_top_k} classes", True)
         for r in out:
             r["png"] = os.path.join(out_dir, _safe(r["key"]) + ".png")
             r["index"] = index

@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._io import claim_output_dir
 from .broden import Broden, BrodenError
 from .dissect import IoUTally, QuantileSketch, TopImages
 from .layers import available_layers, resolve_layers, to_video_maps
@@ -278,9 +279,11 @@ def run_dissect(checkpoint: str, concepts_dir: str, out_dir: str, *, layers: Opt
                 union: str = "category", limit: Optional[int] = None, categories: Optional[Sequence[str]] = None,
                 progress: bool = False) -> Dict[str, Any]:
     """Dissect ``checkpoint`` on the Broden-layout folder ``concepts_dir``; write the per-unit CSVs,
-    figures, ``summary.json`` and ``report.html`` to ``out_dir``; return the summary."""
+    figures, ``summary.json`` and ``report.html`` to ``out_dir`` (new, empty or an earlier
+    dissection's: :func:`~mmit_fast._io.claim_output_dir`); return the summary."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    claim_output_dir(out_dir, "dissect")
     model, spec, mean, std = load_model(checkpoint, device)
     if getattr(model, "modality", "video") == "audio":
         raise ValueError(f"{checkpoint}: an audio model (SoundNet) has no spatial units to dissect on images")

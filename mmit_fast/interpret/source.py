@@ -138,15 +138,53 @@ def gt_to_view(gt: Dict[str, np.ndarray], plan, hw: Tuple[int, int]) -> Dict[str
 
 
 def _video_file(path: str, spec: ClipSpec) -> Iterator[ClipItem]:
+    """The evaluation view of a user's video file, in bounded memory: only the frames the
+    sampler picks are decoded (seeking to the keyframe before them), each resized and cropped
+    at once (:func:`mmit_fast.data.pyav.read_file_view`): a 10-minute 1080p video needs what a
+    10-second one does, one native frame plus the clip."""
+    from ..data.pyav import read_file_view
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such video file")
-    with open(path, "rb") as f:
-        data = f.read()
-    frames, _, _ = _view(_decode(data, path), spec)
+    frames, _, _ = read_file_view(path, lambda n, h, w: plan_views(n, h, w, 25.0, spec, train=False)[0])
     yield ClipItem(os.path.splitext(os.path.basename(path))[0], frames, [], None)
 
 
-def _shard(path: str, spec: ClipSpec, classes: List[str], counter: Dict[str, Any]) -> Iterator[ClipItem]:
+def compare_vocabularies(where: str, data: Optional[List[str]], model: List[str]) -> Optional[str]:
+    """How a source's vocabulary ``data`` (its manifest's classes; None when unknown) relates to
+    the checkpoint's ``model`` names: None when equal (or unknown); a note when they differ but
+    share names (truth and predictions are then matched by name); a ValueError when they share
+    none (not this model's data)."""
+    if data is None or list(data) == list(model):
+        return None
+    shared = set(data) & set(model)
+    if not shared:
+        show = lambda v: f"{len(v)} classes: {', '.join(map(str, v[:3]))}" + (", ..." if len(v) > 3 else "")  # noqa: E731
+        raise ValueError(f"{where}: its vocabulary ({show(list(data))}) shares no class name with the checkpoint's "
+                         f"({show(list(model))}): not this model's data")
+    if set(data) == set(model):
+        return f"{where} orders its {len(data)} classes differently from the checkpoint: truth and predictions are " \
+               "matched by name"
+    unknown = len(set(data) - set(model))
+    return (f"{where} has {len(data)} classes, the checkpoint {len(model)}; {unknown} of {where}'s classes are not "
+            "the model's: truth is named by its own vocabulary and matched by name")
+
+
+def _truth(mem: Dict[str, bytes], vocab: Optional[List[str]]) -> List[str]:
+    """True label names of a shard sample: its ids named by the shard's own vocabulary, else
+    the names in its metadata, else ``#id`` (never the checkpoint's names for another
+    vocabulary's ids)."""
+    ids = S.decode_label_ids(mem[S.LABEL_EXT]).tolist() if S.LABEL_EXT in mem else []
+    if vocab is not None:
+        return [vocab[i] if 0 <= i < len(vocab) else f"#{i}" for i in ids]
+    try:
+        names = S.parse_sample_meta(mem[S.META_EXT]).get("labels") if S.META_EXT in mem else None
+    except S.ShardFormatError:
+        names = None
+    return [str(n) for n in names] if isinstance(names, list) else [f"#{i}" for i in ids]
+
+
+def _shard(path: str, spec: ClipSpec, vocab: Optional[List[str]], counter: Dict[str, Any]) -> Iterator[ClipItem]:
     from ..pack.writer import iter_tar_samples
 
     for key, mem in iter_tar_samples(path):
@@ -159,8 +197,7 @@ def _shard(path: str, spec: ClipSpec, classes: List[str], counter: Dict[str, Any
         except ValueError as e:
             counter.setdefault("skipped", []).append(str(e))
             continue
-        ids = S.decode_label_ids(mem[S.LABEL_EXT]) if S.LABEL_EXT in mem else []
-        labels = [classes[i] if 0 <= i < len(classes) else str(i) for i in ids]
+        labels = _truth(mem, vocab)
         gt = None
         if S.GT_EXT in mem:
             with np.load(io.BytesIO(mem[S.GT_EXT]), allow_pickle=False) as z:
@@ -168,7 +205,8 @@ def _shard(path: str, spec: ClipSpec, classes: List[str], counter: Dict[str, Any
         yield ClipItem(key, frames, labels, gt)
 
 
-def _split_paths(source: str) -> List[str]:
+def _split_paths(source: str) -> Tuple[str, S.Manifest, List[str]]:
+    """``(folder, manifest, shard paths)`` of a dataset folder or ``FOLDER:SPLIT``."""
     folder, split = source, None
     if not os.path.isdir(source) and ":" in source:
         folder, split = source.rsplit(":", 1)
@@ -177,25 +215,35 @@ def _split_paths(source: str) -> List[str]:
         split = next((s for s in ("val", "test", "train") if man.num_samples(s)), None)
     if split not in man.splits or not man.num_samples(split):
         raise ValueError(f"{folder}: split {split!r} has no samples (splits: {sorted(man.splits)})")
-    return man.shard_paths(split)
+    return folder, man, man.shard_paths(split)
 
 
 def iter_clips(source: str, spec: ClipSpec, classes: List[str], *, limit: Optional[int] = None,
                counter: Optional[Dict[str, Any]] = None) -> Iterator[ClipItem]:
     """Clips of ``source`` (module docstring), at most ``limit``. Undecodable shard samples are
-    skipped and listed in ``counter["skipped"]``; an undecodable video file raises ValueError."""
+    skipped and listed in ``counter["skipped"]``; an undecodable video file raises ValueError.
+
+    ``classes``: the checkpoint's names. A shard's or dataset's own vocabulary (its manifest)
+    names the true labels, and is compared with them by name (:func:`compare_vocabularies`):
+    none shared is a ValueError, another order or set a line in ``counter["notes"]``."""
     counter = {} if counter is None else counter
     source = os.fspath(source)
     if not os.path.exists(source) and not (":" in source and os.path.isdir(source.rsplit(":", 1)[0])):
         raise FileNotFoundError(f"{source}: no such video file, shard or dataset folder")
     if os.path.isfile(source) and not source.endswith(".tar"):
         gen = _video_file(source, spec)
-    elif source.endswith(".tar"):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"{source}: no such shard")
-        gen = _shard(source, spec, classes, counter)
     else:
-        gen = (it for p in _split_paths(source) for it in _shard(p, spec, classes, counter))
+        if source.endswith(".tar"):
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"{source}: no such shard")
+            man, where, paths = S.find_manifest(source), source, [source]
+        else:
+            where, man, paths = _split_paths(source)
+        vocab = list(man.classes) if man is not None else None
+        note = compare_vocabularies(where, vocab, list(classes))
+        if note:
+            counter.setdefault("notes", []).append(note)
+        gen = (it for p in paths for it in _shard(p, spec, vocab, counter))
     for n, item in enumerate(gen):
         if limit is not None and n >= limit:
             break

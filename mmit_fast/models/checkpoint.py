@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Dict
+import zipfile
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "read_checkpoint", "from_checkpoint",
-           "safe_torch_load"]
+           "safe_torch_load", "check_spec_fits", "CLIP_LIMITS"]
 
 CHECKPOINT_FORMAT = "mmit-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -42,15 +43,34 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: its message is one line naming the file."""
 
 
+def _zip_claim(path: str) -> Optional[int]:
+    """The bytes the records of a zip-format torch file claim uncompressed (from the zip's
+    central directory: nothing is read or inflated), None for the legacy format."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            return sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # torch.load names the damage
+
+
 def safe_torch_load(path: Any, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with a one-line error naming the file.
 
     Never falls back to an unsafe load: a file that holds anything but tensors and plain
-    containers is refused (it could run code when unpickled).
+    containers is refused (it could run code when unpickled). Sizes are checked before
+    anything is allocated: ``torch.save`` stores every record of its zip uncompressed, so
+    records that claim more bytes than the file holds (a few MB of deflated zeros claiming
+    gigabytes) are refused from the zip's directory alone.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    claim, size = _zip_claim(path), os.path.getsize(path)
+    if claim is not None and claim > size:
+        raise CheckpointError(f"{path}: its zip records claim {claim} bytes in a file of {size} bytes (compressed "
+                              "records, which torch.save never writes); refused before reading them")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -78,7 +98,51 @@ def read_checkpoint(path: Any, map_location: Any = "cpu") -> Dict[str, Any]:
     for key in ("model_spec", "model"):
         if key not in ck:
             raise CheckpointError(f"{path}: mmit checkpoint without {key!r}")
+    _check_clip_settings(ck, path)
     return ck
+
+
+#: the largest clip settings a checkpoint may ask for (they size every input a verb allocates)
+CLIP_LIMITS = {"frames": 1024, "crop": 4096, "resize": 4096}
+
+
+def _check_clip_settings(ck: Dict[str, Any], path: str) -> None:
+    """``frames``/``crop``/``resize`` of ``preprocess`` and ``config`` within :data:`CLIP_LIMITS`
+    (export, cam, predict and dissect allocate clips of that size)."""
+    for part in ("preprocess", "config"):
+        d = ck.get(part) or {}
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{path}: {part} is not a mapping")
+        for key, top in CLIP_LIMITS.items():
+            v = d.get(key)
+            if v is None or (key == "resize" and v == 0):
+                continue
+            integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+            if isinstance(v, bool) or not integral or not 1 <= v <= top:
+                raise CheckpointError(f"{path}: {part} {key}={v!r} is not a sane clip setting (1..{top})")
+
+
+def check_spec_fits(path: str, spec: Dict[str, Any], sd: Dict[str, Any]) -> None:
+    """The model ``spec`` describes, built on the meta device (nothing allocated), has exactly
+    the tensors and shapes of the weights ``sd``: a spec claiming more (40 million classes over a
+    4-row classifier) is refused before the real model is built."""
+    from .registry import create_model
+
+    try:
+        with torch.device("meta"):
+            own = create_model(spec["name"], num_classes=int(spec["num_classes"]), **dict(spec.get("kwargs", {})))
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model_spec {spec!r} does not build a model ({e})") from None
+    want = own.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [f"{k} {tuple(sd[k].shape)} (needs {tuple(want[k].shape)})" for k in want
+              if k in sd and torch.is_tensor(sd[k]) and tuple(sd[k].shape) != tuple(want[k].shape)]
+    problems = [f"{label} ({len(items)}): " + ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if items]
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match its model_spec ({spec['name']}, {spec['num_classes']} "
+                              "classes): " + "; ".join(problems))
 
 
 def from_checkpoint(path: Any, map_location: Any = "cpu") -> nn.Module:
@@ -93,18 +157,17 @@ def from_checkpoint(path: Any, map_location: Any = "cpu") -> nn.Module:
     from .registry import create_model
 
     ck = read_checkpoint(path, map_location=map_location)
-    spec = ck["model_spec"]
-    try:
-        model = create_model(spec["name"], num_classes=int(spec["num_classes"]), **dict(spec.get("kwargs", {})))
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{os.fspath(path)}: its model_spec {spec!r} does not build a model ({e})") from None
+    spec, path = ck["model_spec"], os.fspath(path)
+    if not isinstance(spec, dict) or "name" not in spec or "num_classes" not in spec:
+        raise CheckpointError(f"{path}: its model_spec {spec!r} does not name a model and its classes")
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in ck["model"].items()}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{os.fspath(path)}: weights do not match {spec['name']} "
-                              f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
-    model.eval()
+    check_spec_fits(path, spec, sd)  # before anything of the spec's size is allocated
     classes = ck.get("classes") or [str(i) for i in range(int(spec["num_classes"]))]
+    if len(classes) != int(spec["num_classes"]):
+        raise CheckpointError(f"{path}: lists {len(classes)} class names for a model of {spec['num_classes']} outputs")
+    model = create_model(spec["name"], num_classes=int(spec["num_classes"]), **dict(spec.get("kwargs", {})))
+    model.load_state_dict(sd)
+    model.eval()
     model.class_names = list(classes)
     model.modality = ck.get("modality", getattr(model, "modality", "video"))
     model.preprocess = dict(ck.get("preprocess") or {})

@@ -50,7 +50,8 @@ from .base import read_state_dict
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, safe_torch_load
 from .resnet2d import RESNET_LAYERS
 
-__all__ = ["FORMATS", "ImportFormat", "import_weights", "convert_state_dict", "infer_resnet", "authors_preprocess"]
+__all__ = ["FORMATS", "ImportFormat", "import_weights", "convert_state_dict", "check_layout", "infer_resnet",
+           "authors_preprocess"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -115,12 +116,15 @@ def _diff(fmt: ImportFormat, sd: Dict[str, torch.Tensor], own: Dict[str, torch.T
     return out
 
 
-def convert_state_dict(sd: Dict[str, torch.Tensor], fmt_name: str, src: str = "<state dict>", *,
-                       hint: bool = True):
-    """File state dict (``module.`` already stripped) -> (model, spec) with the weights loaded.
+def check_layout(sd: Dict[str, torch.Tensor], fmt_name: str, src: str = "<state dict>", *,
+                 hint: bool = True) -> Dict[str, Any]:
+    """The model spec ``sd`` (file names, ``module.`` stripped) fits in format ``fmt_name``.
 
-    Raises ValueError (one line) when the layout does not fit ``fmt_name``; with ``hint`` the
-    message names the other format that fits, if one does."""
+    Shapes only, against a model skeleton built on the meta device, so it runs on tensors
+    read with ``map_location="meta"`` before any byte of them is allocated. Raises ValueError
+    (one line) when the layout does not fit; with ``hint`` the message names the other format
+    that fits, if one does. A tensor stored as a view of a larger storage is refused too (its
+    whole storage would be read)."""
     from .registry import create_model
 
     fmt = FORMATS[fmt_name]
@@ -129,22 +133,39 @@ def convert_state_dict(sd: Dict[str, torch.Tensor], fmt_name: str, src: str = "<
     head = sd.get(fmt.head + ".weight")
     num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 1
     renamed = {("classifier" + k[len(fmt.head):] if k.startswith(fmt.head + ".") else k): v for k, v in sd.items()}
-    model = create_model(fmt.model, num_classes, depth=depth, width=width)
-    own = model.state_dict()
+    with torch.device("meta"):
+        own = create_model(fmt.model, num_classes, depth=depth, width=width).state_dict()
     problems = _diff(fmt, renamed, own)
     if problems:
         fits = [n for n in FORMATS if n != fmt_name and hint and _fits(sd, n)]
         tip = f"; it fits --format {fits[0]}" if fits else ""
         raise ValueError(f"{src}: not a {fmt_name} file ({fmt.what}; compared as depth {depth}, width {width}): "
                          + "; ".join(problems) + tip + f"; formats: {', '.join(FORMATS)}")
+    views = [k for k, v in sd.items() if v.untyped_storage().nbytes() > v.numel() * v.element_size()]
+    if views:
+        raise ValueError(f"{src}: tensor {views[0]} is stored in a larger storage than it needs "
+                         f"({sd[views[0]].untyped_storage().nbytes()} bytes); not a released model's state dict")
+    return {"name": fmt.model, "num_classes": num_classes, "kwargs": {"depth": depth, "width": width}}
+
+
+def convert_state_dict(sd: Dict[str, torch.Tensor], fmt_name: str, src: str = "<state dict>", *,
+                       hint: bool = True):
+    """File state dict (``module.`` already stripped) -> (model, spec) with the weights loaded
+    (:func:`check_layout` first; a tensor holding NaN or inf is refused)."""
+    from .registry import create_model
+
+    spec = check_layout(sd, fmt_name, src, hint=hint)
+    fmt = FORMATS[fmt_name]
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"{src}: non-finite values (NaN/inf) in {len(bad)} tensors: " + ", ".join(bad[:4]))
-    for k, v in renamed.items():
+    model = create_model(fmt.model, spec["num_classes"], **spec["kwargs"])
+    own = model.state_dict()
+    for k, v in sd.items():
+        k = "classifier" + k[len(fmt.head):] if k.startswith(fmt.head + ".") else k
         own[k] = v.detach().to(own[k].dtype).clone()
     model.load_state_dict(own)
     model.eval()
-    spec = {"name": fmt.model, "num_classes": num_classes, "kwargs": {"depth": depth, "width": width}}
     return model, spec
 
 
@@ -154,7 +175,7 @@ def _fits(sd: Dict[str, torch.Tensor], fmt_name: str) -> bool:
     if arch is None or fmt.head + ".weight" not in sd:
         return False
     try:
-        convert_state_dict(sd, fmt_name, hint=False)
+        check_layout(sd, fmt_name, hint=False)
         return True
     except ValueError:
         return False
@@ -168,8 +189,10 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _read_source(src: str) -> Dict[str, torch.Tensor]:
-    raw = safe_torch_load(src)  # tensors and plain containers only; a planted pickle is refused
+def _read_source(src: str, map_location: str = "cpu") -> Dict[str, torch.Tensor]:
+    """The state dict of ``src``; ``map_location="meta"``: its tensors' shapes only (nothing
+    of their bytes is read or allocated)."""
+    raw = safe_torch_load(src, map_location)  # tensors and plain containers only; a planted pickle is refused
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         raise ValueError(f"{src}: already an mmit checkpoint (use it directly: mmit eval / finetune / export)")
     try:
@@ -193,11 +216,12 @@ def import_weights(src: Any, fmt_name: str, categories: Any, out: Any, *, frames
     if not os.path.isfile(src):
         raise FileNotFoundError(f"{src}: no such file (nothing is downloaded; fetch the released model first)")
     classes = read_categories(categories)
-    model, spec = convert_state_dict(_read_source(src), fmt_name, src)
+    spec = check_layout(_read_source(src, "meta"), fmt_name, src)  # shapes first: nothing allocated yet
     head = f"{FORMATS[fmt_name].head}.weight"
     if len(classes) != spec["num_classes"]:
         raise ValueError(f"{categories} lists {len(classes)} classes but {src} has {spec['num_classes']} outputs "
                          f"({head} rows): not this model's vocabulary")
+    model, spec = convert_state_dict(_read_source(src), fmt_name, src)
     kw = spec["kwargs"]
     ck = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_spec": spec, "classes": list(classes),

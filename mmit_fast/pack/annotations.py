@@ -9,7 +9,10 @@
 
 A label outside the vocabulary is an :class:`AnnotationError` naming the file, line and
 video, unless ``drop_unknown`` (then the label is dropped; a row left with no label is
-rejected with that reason). A video listed twice is rejected the second time; "twice" means
+rejected with that reason, and does not count as a listing of its file). A file that lists no
+video (empty, blank lines, a header only), or a CSV row that is not one (a field over the csv
+module's limit), is an :class:`AnnotationError` naming the file (and line).
+A video listed twice is rejected the second time; "twice" means
 the same file, whatever the spelling (``a.mp4``, ``./a.mp4``, ``dir//../a.mp4``, a symlink or
 a hard link to it): paths are compared by the file they resolve to under the video root.
 Both files must be UTF-8 (a BOM is allowed); any other byte is an error naming file, line and
@@ -120,13 +123,23 @@ def _raw_rows(path: str) -> List[Tuple[int, str, List[str]]]:
     else:
         with io.StringIO(text, newline="") as f:
             reader = csv.reader(f)
-            for fields in reader:
-                lineno = reader.line_num
-                fields = [x.strip() for x in fields]
-                if not fields or not any(fields):
-                    continue
-                rows.append((lineno, fields[0], [x for x in fields[1:] if x]))
+            try:
+                for fields in reader:
+                    lineno = reader.line_num
+                    fields = [x.strip() for x in fields]
+                    if not fields or not any(fields):
+                        continue
+                    rows.append((lineno, fields[0], [x for x in fields[1:] if x]))
+            except csv.Error as e:
+                raise AnnotationError(f"{path}:{reader.line_num}: {_csv_problem(e)}") from None
     return rows
+
+
+def _csv_problem(e: csv.Error) -> str:
+    """A csv module error as what it means for an annotation file."""
+    if "field larger than field limit" in str(e):
+        return f"a field longer than {csv.field_size_limit()} characters (csv's limit): not an annotation row"
+    return f"not a CSV row ({e})"
 
 
 def file_identity(video_root: Optional[str], vpath: str):
@@ -154,6 +167,8 @@ def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = Fal
     raw = _raw_rows(path)
     if raw and raw[0][1].lower() in ("path", "video", "filename", "file", "video_path") and not any(l in ids for l in raw[0][2]):
         raw = raw[1:]
+    if not raw:
+        raise AnnotationError(f"{path}: the annotation file lists no video (empty, blank lines or a header only)")
     out: List[Annotation] = []
     rejected: List[Dict] = []
     first: Dict[object, Tuple[int, str, List[str]]] = {}   # file identity -> (line, path, labels)
@@ -177,11 +192,11 @@ def read_annotations(path: str, classes: Sequence[str], drop_unknown: bool = Fal
             rejected.append({"source": vpath, "line": lineno, "index": index,
                              "reason": f"duplicate: the same file is already listed{same} on line {line0}{clash}"})
             continue
-        first[ident] = (lineno, vpath, known)
-        if not known:
+        if not known:  # rejected: it does not claim the file (a later row of it may be kept)
             why = f"no known labels (dropped unknown {unknown})" if unknown else "no labels"
             rejected.append({"source": vpath, "line": lineno, "index": index, "reason": why})
             continue
+        first[ident] = (lineno, vpath, known)
         out.append(Annotation(index=index, path=vpath, labels=known, label_ids=[ids[l] for l in known],
                               line=lineno, dropped=unknown))
     return out, rejected

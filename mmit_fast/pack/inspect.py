@@ -13,7 +13,6 @@ when ``has_audio``) decodes to ``audio_samples`` samples; ``.gt.npz`` loads with
 """
 from __future__ import annotations
 
-import glob
 import io
 import os
 from typing import Callable, Dict, List, Optional
@@ -26,18 +25,7 @@ from .writer import index_entries_of_tar, iter_tar_samples, read_index, write_in
 
 
 def _find_manifest(tar_path: str) -> Optional[S.Manifest]:
-    folder = os.path.dirname(os.path.abspath(tar_path))
-    name = os.path.basename(tar_path)
-    cands = [os.path.join(folder, S.MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
-    for c in cands:
-        if os.path.exists(c):
-            try:
-                m = S.load_manifest(c)
-            except Exception:
-                continue
-            if any(s.path == name for s in m.shards) or c.endswith(S.MANIFEST_NAME):
-                return m
-    return None
+    return S.find_manifest(tar_path)
 
 
 def _index_errors(tar_path: str, entries, fix: bool, say) -> List[str]:

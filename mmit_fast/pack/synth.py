@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -551,7 +552,11 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
     boxes filled with the action label (one PNG per action, as regions may overlap).
     ``videos.csv`` (``image,key,frame,frames,labels``) names the clip and frame of each image,
     so a video model can be run on the whole clip around the frame (the sample ``key`` is in
-    the dataset's shards of ``split``). Returns ``out_dir``."""
+    the dataset's shards of ``split``). Returns ``out_dir``.
+
+    File names come from valid sample keys only (``[A-Za-z0-9_-]+``): a sample whose tar member
+    names are anything else (``../x``, an absolute path) is skipped, and the skipped samples are
+    counted in one warning naming the first."""
     from .writer import iter_tar_samples
 
     man = S.load_manifest(dataset_dir)
@@ -559,16 +564,22 @@ def export_broden(dataset_dir: str, out_dir: str, split: str = "test", frames_pe
     os.makedirs(img_dir, exist_ok=True)
     number, labels = _broden_labels()
     tally = _BrodenTally(np.zeros(len(labels) + 1, np.int64), np.zeros(len(labels) + 1, np.float64))
-    rows, clips = [], []
+    rows, clips, bad = [], [], []
     n_videos = 0
     for shard in man.shard_paths(split):
         for key, mem in iter_tar_samples(shard):
             if max_videos is not None and n_videos >= max_videos:
                 break
+            if not S.is_valid_key(key):
+                bad.append((shard, key))
+                continue
             if S.GT_EXT not in mem:
                 raise S.ShardFormatError(f"{shard}:{key}: no {S.GT_EXT} member (not a synthetic dataset?)")
             n_videos += 1
             _export_video(key, mem, split, frames_per_video, img_dir, number, tally, rows, clips)
+    if bad:
+        warnings.warn(f"export_broden: skipped {len(bad)} sample(s) whose tar member names are not sample keys "
+                      f"(first: {bad[0][1]!r} in {bad[0][0]}): no file is named from them", RuntimeWarning, stacklevel=2)
     if not rows:
         raise ValueError(f"{dataset_dir}: split {split!r} has no samples to export")
     _write_broden_tables(out_dir, rows, clips, labels, tally)

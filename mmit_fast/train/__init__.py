@@ -30,6 +30,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..models.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
+from .checkpoint import NonFiniteStateError  # noqa: E402
 from .command import build_parser, run_cli  # noqa: E402
 from .finetune import finetune_base_config  # noqa: E402
 from .log import TRAIN_CSV_FIELDS, VAL_CSV_FIELDS  # noqa: E402
@@ -37,5 +38,6 @@ from .loop import NonFiniteLossError, train  # noqa: E402
 from .resume import ResumeError  # noqa: E402
 from .schedule import lr_factor  # noqa: E402
 
-__all__ = ["train", "run_cli", "build_parser", "finetune_base_config", "NonFiniteLossError", "ResumeError",
+__all__ = ["train", "run_cli", "build_parser", "finetune_base_config", "NonFiniteLossError", "NonFiniteStateError",
+           "ResumeError",
            "CheckpointError", "read_checkpoint", "lr_factor", "TRAIN_CSV_FIELDS", "VAL_CSV_FIELDS"]

@@ -9,12 +9,17 @@ training state: ``optimizer``, ``scaler``, ``schedule`` (plain dict, see :mod:`.
 ``rng`` (per rank, tensors: :mod:`.rng`), ``best``, ``skipped``, ``last_val``, ``csv_rows``
 (rows of metrics.csv / val_metrics.csv this state had written) and ``dataset`` (the fingerprint
 a resume compares). Written atomically (temp file, fsync, rename, fsync of the folder).
+
+Never a non-finite tensor: before a checkpoint is written every floating-point tensor of the
+model (parameters and buffers) and of the optimiser state is checked (one host sync per
+checkpoint); a NaN or infinite value anywhere refuses the write with
+:class:`NonFiniteStateError`, naming the tensor, and the previous checkpoint stays.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -22,6 +27,38 @@ from .._io import atomic_path
 from ..models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, read_checkpoint
 
 TRAINING_KEYS = ("optimizer", "epoch", "batch", "step", "schedule")
+
+
+class NonFiniteStateError(RuntimeError):
+    """A tensor of the training state holds NaN or inf at checkpoint time: nothing is written."""
+
+
+def _state_tensors(run) -> Iterator[Tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the model's state and the optimiser's per-parameter state."""
+    from ..inference import unwrap
+
+    model = unwrap(run.model)
+    for k, v in model.state_dict().items():
+        yield f"model {k}", v
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in run.optimizer.param_groups:
+        for p in g["params"]:
+            for k, v in run.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    yield f"optimizer {k} of {names.get(id(p), '?')}", v
+
+
+def nonfinite_state(run) -> Optional[str]:
+    """``'model bn1.running_var holds NaN or inf (1 of 8 values)'``: the first floating-point tensor of the
+    state that holds a NaN or inf, or None (one host sync for all of them)."""
+    items = [(n, t.detach()) for n, t in _state_tensors(run) if t.is_floating_point() and t.numel()]
+    if not items:
+        return None
+    finite = torch.stack([torch.isfinite(t).all().to(run.device) for _, t in items]).tolist()
+    for (name, t), ok in zip(items, finite):
+        if not ok:
+            return f"{name} holds NaN or inf ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+    return None
 
 
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence
@@ -131,16 +132,19 @@ class TrainLog:
 
 
 def epoch_line(epoch: int, step: int, stats: Dict[str, float], lr: float, clips_per_s: float,
-               val: Optional[Dict[str, Any]], split: str, bad_samples: Sequence = ()) -> str:
+               val: Optional[Dict[str, Any]], split: str, bad_samples: Sequence = (), best_metric: str = "") -> str:
     """``[mmit train] epoch 3 step 120: train loss 0.4123, lr 0.00181, 41.2 clips/s; val top1 ...``
 
     ``bad_samples``: the ``(shard, key, reason)`` of the damaged samples this rank's loader skipped
-    during the epoch; when there are any the line ends with their count and the first reason."""
+    during the epoch; when there are any the line ends with their count and the first reason.
+    A NaN ``best_metric`` is named: it is never taken as the best."""
     text = (f"[mmit train] epoch {epoch} step {step}: train loss {stats['epoch_loss']:.4f}, lr {lr:.3g}, "
             f"{clips_per_s:.1f} clips/s")
     if val:
         text += f"; {split} " + ", ".join(f"{k} {float(val[k]):.4f}" for k in ("top1", "top5", "micro_map", "macro_map")
                                           if k in val)
+        if best_metric in val and math.isnan(float(val[best_metric])):
+            text += f"; {split} {best_metric} is NaN: not a best (best.pt unchanged)"
     if bad_samples:
         shard, key, reason = bad_samples[0]
         text += f"; {len(bad_samples)} damaged sample(s) skipped (first: {key} in {shard}: {reason})"

@@ -21,6 +21,7 @@ after optimiser step N has been logged (a crash without clean-up).
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -39,7 +40,7 @@ from .rng import rng_state, set_rng_state
 from .schedule import Schedule
 from .setup import build_run
 from .step import micro_step, optimizer_step
-from .checkpoint import checkpoint_state, save_checkpoint
+from .checkpoint import NonFiniteStateError, checkpoint_state, nonfinite_state, save_checkpoint
 from .summary import finish
 
 
@@ -76,6 +77,7 @@ class Run:
     amp_mode: Optional[str]
     schedule: Schedule
     stats: Any
+    buffers: Any = None       # BufferGuard of skip_nonfinite (a skipped micro-batch's buffer updates undone)
     log: Optional[TrainLog] = None
     epoch: int = 0
     start_batch: int = 0
@@ -141,8 +143,9 @@ def run_epochs(run: Run) -> None:
         stats = run.stats.read(reset_epoch=True)
         rate = (run.clips_run + run.clips) / max(1e-9, time.time() - run.t0)
         bad = list(getattr(run.train_loader, "skipped_samples", ()))[bad_before:]
-        run.log.line(epoch_line(run.epoch, run.step, stats, run.lr, rate, val, run.cfg.val_split, bad))
         improved = _update_best(run, val)
+        run.log.line(epoch_line(run.epoch, run.step, stats, run.lr, rate, val, run.cfg.val_split, bad,
+                                best_metric=run.cfg.best_metric))
         if not done:  # stopped mid-epoch by max_steps: --resume continues from here
             save(run, run.epoch, pos, improved)
             break
@@ -162,7 +165,12 @@ def _next_batch(it, run: Run, k: int):
 
 
 def train_epoch(run: Run) -> int:
-    """Micro-batches of the current epoch from ``start_batch``; returns the next batch index."""
+    """Micro-batches of the current epoch from ``start_batch``; returns the next batch index.
+
+    Groups of ``accum_steps`` micro-batches are aligned to the epoch's start. A resume after an
+    allowed change of ``batch_size``/``world_size``/``accum_steps`` may land inside a group:
+    that step is the rest of the group, and its micro-batches are divided by their own number
+    (the mean over what it holds), not by ``accum_steps``."""
     A, pos, used = run.cfg.accum_steps, run.start_batch, 0
     if run.start_batch >= run.n_batches:
         return pos
@@ -171,8 +179,8 @@ def train_epoch(run: Run) -> int:
     for k in range(run.start_batch, run.n_batches):
         batch = _next_batch(it, run, k)
         g0 = (k // A) * A
-        g_size = min(g0 + A, run.n_batches) - g0
-        last = k == g0 + g_size - 1
+        g_size = min(g0 + A, run.n_batches) - max(g0, run.start_batch)  # a resume may land inside a group
+        last = k == min(g0 + A, run.n_batches) - 1
         if micro_step(run, batch, g_size, last):
             used += 1
         else:
@@ -244,8 +252,10 @@ def check_finite(run: Run, **read) -> Dict[str, float]:
 def evaluate_epoch(run: Run, epoch_done: bool) -> Optional[Dict[str, Any]]:
     """Val metrics at an epoch end (every ``eval_every`` epochs, and the last) or the final step."""
     cfg = run.cfg
+    if run.val_loader is None or cfg.eval_every == 0:  # eval_every 0: never
+        return None
     due = epoch_done and ((run.epoch + 1) % cfg.eval_every == 0 or run.epoch + 1 == run.epochs)
-    if run.val_loader is None or not (due or run.step >= run.stop_step):
+    if not (due or run.step >= run.stop_step):
         return None
     check_finite(run)
     saved = rng_state()  # evaluation leaves the training RNG as it was
@@ -259,24 +269,34 @@ def evaluate_epoch(run: Run, epoch_done: bool) -> Optional[Dict[str, Any]]:
 
 
 def _update_best(run: Run, m: Optional[Dict[str, Any]]) -> bool:
-    """Rank 0 decides whether the val metric improved; every rank learns the answer."""
+    """Rank 0 decides whether the val metric improved; every rank learns the answer. A NaN
+    metric is never a best (and a NaN best read from an older checkpoint counts as none)."""
     improved = False
     if run.is_main and m is not None:
         name = run.cfg.best_metric
         value, best = float(m[name]), run.best.get("value")
-        if best is None or (value > best if run.cfg.best_mode == "max" else value < best):
+        if math.isnan(value):
+            pass
+        elif best is None or math.isnan(best) or (value > best if run.cfg.best_mode == "max" else value < best):
             run.best = {"metric": name, "value": value, "epoch": run.epoch, "step": run.step}
             improved = True
     return bool(all_gather_objects(improved)[0])
 
 
 def save(run: Run, next_epoch: int, next_batch: int, also_best: bool = False) -> None:
-    """``last.pt`` (and ``best.pt``) at a loader position, after checking the loss was finite."""
+    """``last.pt`` (and ``best.pt``) at a loader position, after checking the loss was finite
+    and that no tensor of the state is (every rank learns rank 0's answer)."""
     check_finite(run)
-    rngs = all_gather_objects(rng_state())
+    gathered = all_gather_objects((rng_state(), nonfinite_state(run) if run.is_main else None))
+    last = os.path.join(run.ck_dir, "last.pt")
+    bad = gathered[0][1]
+    if bad:
+        raise NonFiniteStateError(
+            f"refusing to write {last} at step {run.step}: {bad} although the loss was finite; "
+            f"the last good checkpoint is {last if os.path.exists(last) else '(none yet)'}, kept as it was")
     if not run.is_main:
         return
-    state = checkpoint_state(run, next_epoch, next_batch, rngs)
-    save_checkpoint(os.path.join(run.ck_dir, "last.pt"), state)
+    state = checkpoint_state(run, next_epoch, next_batch, [g[0] for g in gathered])
+    save_checkpoint(last, state)
     if also_best:
         save_checkpoint(os.path.join(run.ck_dir, "best.pt"), state)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..inference import autocast_context, model_modality, unwrap
-from ..models.checkpoint import CheckpointError
+from ..models.checkpoint import CheckpointError, check_spec_fits
 from .build import (build_model, dataset_fingerprint, make_criterion, make_loader_for, model_from_init, model_spec,
                     preprocess_spec)
 from .checkpoint import read_training_checkpoint
@@ -19,7 +19,7 @@ from .log import TrainLog
 from .resume import check_resume, find_resume, map_position, run_history
 from .rng import seed_everything
 from .schedule import make_optimizer, plan_schedule
-from .step import RunningStats
+from .step import BufferGuard, RunningStats
 
 
 def configure_torch(cfg, device: torch.device, rank: int) -> None:
@@ -36,10 +36,12 @@ def configure_torch(cfg, device: torch.device, rank: int) -> None:
     seed_everything(cfg.seed + 1000 * rank)
 
 
-def make_model(cfg, num_classes: int, ck: Optional[Dict[str, Any]], device: torch.device):
-    """(model on ``device``, spec): resumed, fine-tuned from ``init_from``, or new."""
+def make_model(cfg, num_classes: int, ck: Optional[Dict[str, Any]], device: torch.device, ck_path: str = ""):
+    """(model on ``device``, spec): resumed (``ck`` read from ``ck_path``), fine-tuned from
+    ``init_from``, or new."""
     if ck is not None:
         spec = ck["model_spec"]
+        check_spec_fits(ck_path, spec, ck["model"])  # a spec claiming more than the weights: refused first
         model = build_model(spec)
         model.load_state_dict(ck["model"])
     elif cfg.init_from:
@@ -123,7 +125,7 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
     if ck is None and rank == 0 and run_history(cfg.out):
         print(f"[mmit train] warning: {cfg.out} holds a previous run ({', '.join(run_history(cfg.out))}); "
               "starting a new one replaces it (--resume auto continues it)", flush=True)
-    model, spec = make_model(cfg, manifest.num_classes, ck, device)
+    model, spec = make_model(cfg, manifest.num_classes, ck, device, resume_path or "")
     modality = model_modality(model)
     with_audio = cfg.with_audio if cfg.with_audio is not None else modality != "video"
     ddp: nn.Module = model
@@ -140,7 +142,8 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
               optimizer=make_optimizer(cfg, model, device),
               scaler=torch.amp.GradScaler(device.type) if amp_mode == "fp16" else None,
               autocast=ctx, amp_mode=amp_mode, schedule=None, stats=RunningStats(device),
-              best={"metric": cfg.best_metric, "value": None, "epoch": None, "step": None})
+              best={"metric": cfg.best_metric, "value": None, "epoch": None, "step": None},
+              buffers=BufferGuard(model) if cfg.skip_nonfinite else None)
     if ck is not None:
         _restore(run, ck, resume_path, changes)
     total, run.stop_step, run.epochs, warmup = plan_length(cfg, run.n_batches, run.epoch, run.start_batch, run.step)
@@ -150,6 +153,15 @@ def build_run(cfg, device: torch.device, rank: int, world: int, Run) -> Any:
     if rank == 0:
         os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
     if cfg.record_keys:
-        os.makedirs(os.path.join(cfg.out, "ranks"), exist_ok=True)
-        run.keys_file = open(os.path.join(cfg.out, "ranks", f"keys-rank{rank}.tsv"), "a")
+        run.keys_file = open_keys_file(os.path.join(cfg.out, "ranks", f"keys-rank{rank}.tsv"))
     return run
+
+
+def open_keys_file(path: str):
+    """``ranks/keys-rank<r>.tsv`` for appending, never through a symlink: a link found there
+    (planted in a run folder) is replaced by a file of the run's own, as every other output is."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.islink(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "a")

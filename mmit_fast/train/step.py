@@ -17,6 +17,14 @@ log row or checkpoint (never written with non-finite weights), not at the very b
 exception is ``skip_nonfinite``: skipping a micro-batch needs its decision before the backward
 pass, agreed by all ranks: one small all-reduce and one read per micro-batch. fp16 AMP
 (``GradScaler``) reads its inf check once per step; bf16 (the default on GPU) has no scaler.
+
+A skipped micro-batch leaves no trace. Its forward pass has already updated the BatchNorm
+running statistics, so in skip mode the model's buffers are copied before every forward pass
+(:class:`BufferGuard`, a few kB: buffers are per-channel) and put back when it is skipped. A
+group whose every micro-batch was skipped makes no update; under fp16 the ``GradScaler`` sees
+it as the overflow it is: an infinite gradient goes through its own ``unscale_`` (which
+finds it), ``step`` (which then skips the optimiser) and ``update`` (scale times
+``backoff_factor``, growth tracker reset), so its state stays consistent for the next step.
 """
 from __future__ import annotations
 
@@ -71,16 +79,39 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return not bool(all_reduce_(bad).item() > 0)
 
 
+class BufferGuard:
+    """The model's buffers (BatchNorm running statistics and counters), copied before a forward
+    pass (:meth:`save`) and put back (:meth:`restore`) when its micro-batch is skipped."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.live = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.live]
+
+    @torch.no_grad()
+    def save(self) -> None:
+        for s, b in zip(self.saved, self.live):
+            s.copy_(b)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for s, b in zip(self.saved, self.live):
+            b.copy_(s)
+
+
 def micro_step(run, batch, group_size: int, last_in_group: bool) -> bool:
-    """Forward, loss and backward of one micro-batch; returns False when it was skipped."""
+    """Forward, loss and backward of one micro-batch; returns False when it was skipped (its
+    buffer updates undone)."""
     skip_mode = run.cfg.skip_nonfinite
     no_sync = run.world > 1 and (skip_mode or not last_in_group)
+    if skip_mode:
+        run.buffers.save()
     with run.ddp.no_sync() if no_sync else nullcontext():
         with run.autocast:
             logits = forward(run.net, batch, run.modality)
         targets = batch.targets.to(device=logits.device, dtype=torch.bool, non_blocking=True)
         loss = run.criterion(logits.float(), targets)
         if skip_mode and not _finite_everywhere(loss):
+            run.buffers.restore()
             return False
         scaled = loss if skip_mode else loss / group_size
         (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
@@ -96,28 +127,44 @@ def _grad_norm(params: List[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads, 2.0)
 
 
+def _scaler_overflow(scaler, optimizer, params: List[torch.Tensor]) -> None:
+    """A group with no micro-batch left, under fp16: let the scaler find an overflow itself
+    (an infinite gradient through ``unscale_``, ``step`` and ``update``): it backs off and
+    skips the optimiser exactly as on an overflow of its own."""
+    p = params[0]
+    scaler.scale(torch.ones((), device=p.device))  # creates the scale when the first group is skipped
+    p.grad = torch.full_like(p, INF)
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def optimizer_step(run, used: int, log_now: bool) -> Dict[str, Any]:
     """Reduce (skip mode), unscale, clip, set the lr, step; returns ``lr`` and ``grad_norm``
-    (a device tensor, read at the log row)."""
+    (a device tensor, read at the log row). ``used == 0`` (every micro-batch skipped): no
+    update, and under fp16 the scaler backs off as on an overflow."""
     params = run.params
-    if run.cfg.skip_nonfinite and used:
-        all_reduce_grads_(params, float(used * run.world))
-    if run.scaler is not None:
-        run.scaler.unscale_(run.optimizer)
-    gnorm = None
-    if run.cfg.grad_clip > 0:
-        gnorm = torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip)
-    elif log_now:
-        gnorm = _grad_norm(params)
     lr = run.schedule.lr_at(run.step)
     set_lr(run.optimizer, lr)
+    gnorm = None
     if used == 0:
-        pass  # every micro-batch of the group was skipped: no update
-    elif run.scaler is not None:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        gnorm = _grad_norm(params) if log_now or run.cfg.grad_clip > 0 else None  # no gradient: 0
+        if run.scaler is not None:
+            _scaler_overflow(run.scaler, run.optimizer, params)
     else:
-        run.optimizer.step()
+        if run.cfg.skip_nonfinite:
+            all_reduce_grads_(params, float(used * run.world))
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)
+        if run.cfg.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip)
+        elif log_now:
+            gnorm = _grad_norm(params)
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     return {"lr": lr, "grad_norm": gnorm}
