@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json
+from . import storage
 
 FORMAT = "mmit-shards"
 VERSION = 1
@@ -268,10 +268,11 @@ class Manifest:
         return infos
 
     def shard_paths(self, split: str) -> List[str]:
-        return [os.path.join(self.root, s.path) for s in self.shard_infos(split)]
+        """Paths (or URLs, for a dataset read from a URL) of the split's shards."""
+        return [storage.join(self.root, s.path) for s in self.shard_infos(split)]
 
     def index_paths(self, split: str) -> List[str]:
-        return [os.path.join(self.root, s.index) for s in self.shard_infos(split)]
+        return [storage.join(self.root, s.index) for s in self.shard_infos(split)]
 
     # -- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -293,28 +294,47 @@ class Manifest:
             shards = [ShardInfo(**s) for s in d.get("shards", [])]
         except TypeError as e:
             raise ShardFormatError(f"{where}: bad shard entry: {e}") from None
+        for s in shards:
+            for name in (s.path, s.index):
+                if not _inside(name):
+                    raise ShardFormatError(f"{where}: shard entry {name!r} is not a path inside the dataset folder "
+                                           "(a manifest names its files relative to itself, without '..')")
         known = {f for f in cls.__dataclass_fields__ if f not in ("shards", "root")}
         kw = {k: v for k, v in d.items() if k in known}
         return cls(shards=shards, root=root, **kw)
 
     def save(self, path: str) -> None:
-        """Write atomically (temp file + rename)."""
-        atomic_write_json(path, self.to_dict())
+        """Write atomically (temp file + rename; on an object store one PUT, see :mod:`.storage`)."""
+        storage.write_json(path, self.to_dict())
+
+
+def _inside(name) -> bool:
+    """A relative path that stays inside its folder (no scheme, no root, no '..')."""
+    if not isinstance(name, str) or not name or storage.is_url(name) or name.startswith(("/", "\\")):
+        return False
+    return ".." not in re.split(r"[/\\]", name)
 
 
 def load_manifest(path: str) -> Manifest:
-    """Load ``manifest.json`` from a dataset folder or a file path, with errors that name it."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
+    """Load ``manifest.json`` from a dataset folder (or its URL: ``s3://bucket/prefix``,
+    ``gs://...``, ``https://...``) or a file path, with errors that name it."""
+    path = storage.strip_credentials(os.fspath(path))
+    if storage.is_url(path):
+        if not path.endswith(".json"):
+            path = storage.join(path, MANIFEST_NAME)
+    elif os.path.isdir(path):
         path = os.path.join(path, MANIFEST_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no manifest at {path}: is this a folder written by `mmit pack` / `mmit synth`?")
+    shown = storage.redact(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
-    return Manifest.from_dict(d, root=os.path.dirname(os.path.abspath(path)), where=path)
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no manifest at {shown}: is this a folder written by `mmit pack` / `mmit synth`?") \
+            from None
+    try:
+        d = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{shown}: not valid JSON ({e})") from None
+    return Manifest.from_dict(d, root=storage.parent(path), where=shown)
 
 
 def parse_sample_meta(data: bytes, where: str = "sample") -> Dict[str, Any]:
