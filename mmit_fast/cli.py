@@ -178,11 +178,13 @@ def _cmd_inspect(args):
     from .pack import inspect_shard
     from .shards import load_manifest
 
+    from .storage import is_url, join
+
     paths = []
     for s in args.shard:
-        if os.path.isdir(s):
+        if os.path.isdir(s) or (is_url(s) and not s.endswith(".tar")):   # a dataset folder (or its URL)
             man = load_manifest(s)
-            paths.extend(os.path.join(man.root, i.path) for i in man.shards)
+            paths.extend(join(man.root, i.path) for i in man.shards)
         else:
             paths.append(s)
     bad = 0

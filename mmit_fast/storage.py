@@ -39,6 +39,7 @@ Credentials never reach a message
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -56,6 +57,7 @@ __all__ = [
     "write_bytes", "write_text", "write_json", "publish", "remove", "append_line", "makedirs", "download",
 ]
 
+_log = logging.getLogger(__name__)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _EXTRA = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
           "http": ("aiohttp", "http"), "https": ("aiohttp", "http")}
@@ -267,13 +269,15 @@ def _call(what: str, url: str, fn: Callable[[], Any]):
             kind, status = _classify(e)
             if kind == "transient" and k < retries:
                 _count(retries=1)
+                _log.info("retrying %s %s after %s (attempt %d of %d)", what, redact(url), _detail(e), k + 1, retries + 1)
                 time.sleep(backoff * 2 ** k * (1 + 0.5 * random.random()))
                 continue
             raise _fail(what, url, e, kind, status, k + 1) from None
 
 
 # --------------------------------------------------------------------------- file systems
-_FS: Dict[Tuple[int, str, str], Any] = {}
+_FS: Dict[tuple, Any] = {}
+_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MMIT_STORAGE_TIMEOUT")
 
 
 def _new_fs(scheme: str, host: str):
@@ -300,8 +304,11 @@ def _new_fs(scheme: str, host: str):
         from fsspec.implementations.http import HTTPFileSystem
 
         ck = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)}
-        if login:
-            ck["auth"] = aiohttp.BasicAuth(*login)
+        if login:   # this file system serves this host only (see _fs)
+            import base64
+
+            token = base64.b64encode(f"{login[0]}:{login[1]}".encode("utf-8")).decode("ascii")
+            ck["headers"] = {"Authorization": f"Basic {token}"}
         return HTTPFileSystem(skip_instance_cache=True, client_kwargs=ck)
     import fsspec
 
@@ -312,7 +319,8 @@ def _fs(url: str):
     """``(file system, path for it)``; one file system per (process, protocol, host)."""
     scheme = _scheme(url)
     host = url[len(scheme) + 3:].split("/", 1)[0]
-    key = (os.getpid(), scheme, host if scheme in ("http", "https") else "")
+    env = tuple(os.environ.get(k) for k in _ENV_KEYS)   # a changed endpoint or login: a new file system
+    key = (os.getpid(), scheme, host if scheme in ("http", "https") else "", env, _LOGINS.get((scheme, host)))
     fs = _FS.get(key)
     if fs is None:
         fs = _FS[key] = _new_fs(scheme, host)
@@ -476,11 +484,20 @@ def _writable(url: str) -> None:
 
 
 def makedirs(path) -> None:
-    """Make a local folder (object stores have none to make)."""
+    """Make a local folder; on an object store, the bucket when it does not exist yet (there
+    are no folders to make; a bucket that cannot be made is left to the first write to report)."""
+    path = os.fspath(path)
     if not is_url(path):
         os.makedirs(_local(path), exist_ok=True)
-    else:
-        _writable(os.fspath(path))
+        return
+    _writable(path)
+    fs, p = _fs(path)
+    bucket = p.split("/", 1)[0]
+    try:
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    except Exception:  # noqa: BLE001 - no right to look or make: the first PUT says what is wrong
+        pass
 
 
 def write_bytes(path, data: bytes) -> None:
