@@ -12,7 +12,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -138,6 +137,11 @@ def test_http_range_server_with_a_login_in_the_url(local_ds):
         assert HTTP_PASSWORD not in repr(loader) + "".join(loader.table.shards)
         same(batches(make_loader(local_ds, "train", **kw)), batches(loader))
         assert all(r for m, p, r in srv.requests if m == "GET" and p.endswith(".tar"))   # ranges only
+        srv.requests.clear()
+        lazy = make_loader(f"http://reader:{HTTP_PASSWORD}@{host}", "train", readahead=0, **kw)
+        n0 = len(srv.requests)
+        same(batches(make_loader(local_ds, "train", **kw)), batches(lazy))   # no read-ahead: still one request a sample
+        assert len(srv.requests) - n0 == lazy.io["requests"] == 6
         with pytest.raises(storage.AccessDenied) as e:
             make_loader(f"http://reader:wrong-{HTTP_PASSWORD}@{host}", "train", **kw)
         assert "403" in one_line(e.value) and f"http://{host}/manifest.json" in str(e.value)
@@ -325,14 +329,14 @@ def test_readme_first_loader_example_runs_unchanged_on_s3(servers):
     text = open(README, encoding="utf-8").read()
     section = text[text.index("## Loading clips"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert '"/tmp/mms"' in code
-    assert "moto_server" in text and "AWS_ENDPOINT_URL" in text
-    code = code.replace('"/tmp/mms"', '"s3://readme/mms"')
+    assert '"/tmp/mms"' in code and '`"s3://mms/synth"`' in section
+    assert "moto_server -p 5000 &" in section and "export AWS_ENDPOINT_URL=http://127.0.0.1:5000" in section
+    code = code.replace('"/tmp/mms"', '"s3://mms/synth"')   # as the README's storage section says
     out = io.StringIO()
     from contextlib import redirect_stdout
 
     with warnings.catch_warnings(), redirect_stdout(out):
         warnings.simplefilter("ignore", RuntimeWarning)
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    assert "VideoLoader('s3://readme/mms'" in out.getvalue() and "bad samples skipped: 0" in out.getvalue()
-    assert json.loads(storage.read_text("s3://readme/mms/manifest.json"))["splits"]["train"]["samples"] > 0
+    assert "VideoLoader('s3://mms/synth'" in out.getvalue() and "bad samples skipped: 0" in out.getvalue()
+    assert json.loads(storage.read_text("s3://mms/synth/manifest.json"))["splits"]["train"]["samples"] > 0

@@ -8,7 +8,8 @@ e.g. ``gt.npz``, are not fetched).
 
 Read-ahead. :meth:`RemoteSamples.prefetch` is called with a batch's samples before any of them
 is decoded; it submits one range request per sample to a pool of ``readahead`` threads (per
-worker process; ``make_loader(readahead=4)``), and :meth:`~RemoteSamples.read` takes a
+worker process; ``make_loader(readahead=4)``; 0: each sample's one request is made when it
+is first read), and :meth:`~RemoteSamples.read` takes a
 sample's bytes when they arrive, so samples ``i+1 .. i+readahead`` travel while sample ``i``
 decodes: with ``L`` seconds of latency, ``d`` seconds of decoding per sample and ``k``
 requests in flight, a batch of ``B`` waits about ``L + max(0, B*L/k - B*d)`` instead of
@@ -153,6 +154,7 @@ class RemoteSamples:
         self.cache = ShardCache(table.cache_dir, table.cache_bytes) if table.cache_dir else None
         self._filler = ThreadPoolExecutor(1, thread_name_prefix="mmit-cache") if self.cache else None
         self._tried = set()   # shards this process asked to cache
+        self.exts: Tuple[str, ...] = ()   # the members the current batch reads
 
     @staticmethod
     def span(ref, exts: Sequence[str]) -> Tuple[int, int]:
@@ -161,16 +163,20 @@ class RemoteSamples:
         return min(o for o, _ in got), max(o + s for o, s in got)
 
     def prefetch(self, refs, exts: Sequence[str]) -> None:
-        self.pending = {}
-        for ref in refs:
-            start, end = self.span(ref, exts)
-            self.pending[(ref.shard, ref.key)] = (self.pool.submit(self._fetch, ref, start, end), start, end)
+        """Plan a batch: with ``readahead`` > 0 its requests go in flight now; with 0 each
+        sample's (one, coalesced) request is made when the sample is first read."""
+        self.pending, self.exts = {}, tuple(exts)
+        if self.table.readahead:
+            for ref in refs:
+                start, end = self.span(ref, exts)
+                self.pending[(ref.shard, ref.key)] = (self.pool.submit(self._fetch, ref, start, end), start, end)
 
     def read(self, ref, ext: str) -> bytes:
         off, size = ref.members[ext]
         got = self.pending.get((ref.shard, ref.key))
         if got is None or not (got[1] <= off and off + size <= got[2]):
-            got = (_done(self._fetch(ref, off, off + size)), off, off + size)
+            start, end = self.span(ref, self.exts + (ext,)) if self.exts else (off, off + size)
+            got = self.pending[(ref.shard, ref.key)] = (_done(self._fetch(ref, start, end)), start, end)
         data = got[0].result()
         lo = off - got[1]
         out = data[lo: lo + size]

@@ -61,7 +61,7 @@ class SampleTable:
     bad_indexes: List[Tuple[str, str]] = field(default_factory=list)   # (index path, problem): scanned instead
     sizes: List[int] = field(default_factory=list)   # bytes of each shard
     remote: bool = False           # shards at a URL: members read by .fetch (see there for the next three)
-    readahead: int = 4             # range requests in flight per worker
+    readahead: int = 4             # range requests in flight per worker (0: each sample fetched when read)
     cache_dir: Optional[str] = None   # local cache of whole shards (None: no cache)
     cache_bytes: int = 0           # its bound
 

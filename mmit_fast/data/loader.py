@@ -165,8 +165,8 @@ class VideoLoader:
         self.backend = resolve_backend(backend, self.device, self.codec) if self.video else "pyav"
         self.table = sample_table(self.manifest, split)
         self.table.verify = digest_mode(self.manifest, verify_digests)
-        if readahead < 1:
-            raise ValueError(f"readahead must be >= 1, got {readahead}")
+        if readahead < 0:
+            raise ValueError(f"readahead must be >= 0 (0: no read-ahead), got {readahead}")
         self.table.readahead, self.table.cache_bytes = int(readahead), int(cache_bytes)
         self.table.cache_dir = os.path.abspath(cache_dir) if cache_dir and self.table.remote else None
         self.io = {"requests": 0, "bytes_read": 0, "retries": 0}   # sample reads from a URL (all workers)
@@ -419,7 +419,7 @@ def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, bat
     is neither read nor decoded, ``batch.video`` is ``[B*V,3,0,c,c]`` and ``batch.audio`` holds
     the whole clip's waveform; ``"audio-video"``, a fusion: frames as usual, the whole clip's
     audio; anything but ``"video"`` implies ``with_audio``), ``readahead`` (shards at a URL:
-    range requests in flight per worker, default 4; :mod:`.fetch`), ``cache_dir`` /
+    range requests in flight per worker, default 4, 0 for none; :mod:`.fetch`), ``cache_dir`` /
     ``cache_bytes`` (shards at a URL: keep whole shards on local disk, at most ``cache_bytes``,
     default 20 GiB, evicted least recently used, checked by the member digests).
 
