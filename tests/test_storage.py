@@ -7,11 +7,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +23,7 @@ from loopback import FaultProxy, MotoS3, RangeHTTPServer  # noqa: E402
 
 from mmit_fast import shards as S  # noqa: E402
 from mmit_fast import storage  # noqa: E402
+from mmit_fast.cli import main  # noqa: E402
 from mmit_fast.data import ClipSpec, make_loader  # noqa: E402
 from mmit_fast.pack.packer import Job, merge_parts, write_split  # noqa: E402
 from mmit_fast.pack.synth import generate_dataset  # noqa: E402
@@ -181,7 +182,7 @@ def test_a_fault_that_outlives_its_retries_is_one_line_naming_the_url(servers, s
     assert "retrying read s3://mmit/ds/train-000000.idx" in caplog.text and SECRET not in caplog.text
 
 
-def test_permanent_faults_are_one_line_errors_naming_the_url(servers, local_ds, s3_ds, tmp_path):
+def test_permanent_faults_are_one_line_errors_naming_the_url(servers, local_ds, s3_ds, capsys):
     with pytest.raises(FileNotFoundError) as e:                            # 404
         make_loader("s3://mmit/nothing-here", "train", clip=CLIP)
     assert "s3://mmit/nothing-here/manifest.json" in one_line(e.value)
@@ -203,9 +204,9 @@ def test_permanent_faults_are_one_line_errors_naming_the_url(servers, local_ds, 
     with pytest.raises(FileNotFoundError) as e:                            # a shard the manifest names is missing
         make_loader(gone, "train", clip=CLIP)
     assert f"shard {gone}/train-000002.tar (split 'train'" in one_line(e.value)
-    res = subprocess.run([sys.executable, "-m", "mmit_fast.cli", "inspect", s3_ds + "/train-000009.tar"],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.strip() == "mmit inspect: error: no shard at s3://mmit/ds/train-000009.tar"
+    capsys.readouterr()
+    assert main(["inspect", s3_ds + "/train-000009.tar"]) == 2                 # the CLI: one line, exit 2
+    assert capsys.readouterr().err.strip() == "mmit inspect: error: no shard at s3://mmit/ds/train-000009.tar"
 
 
 def test_a_damaged_member_over_the_network_is_skipped_by_name_as_locally(servers, local_ds, tmp_path):
@@ -340,3 +341,19 @@ def test_readme_first_loader_example_runs_unchanged_on_s3(servers):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert "VideoLoader('s3://mms/synth'" in out.getvalue() and "bad samples skipped: 0" in out.getvalue()
     assert json.loads(storage.read_text("s3://mms/synth/manifest.json"))["splits"]["train"]["samples"] > 0
+
+
+def test_inspect_and_predict_read_shards_at_a_url(servers, local_ds, s3_ds, capsys):
+    from mmit_fast.interpret.source import iter_clips
+    from mmit_fast.pack import inspect_shard
+
+    rep = inspect_shard(s3_ds + "/train-000001.tar", out=None)
+    assert rep["errors"] == [] and rep["samples"] == 2 and rep["digests"]
+    assert main(["inspect", s3_ds, "--no-decode"]) == 0 and capsys.readouterr().out.count(": 2 samples") == 3
+    spec, classes = ClipSpec("uniform", frames=4, crop=32), S.load_manifest(local_ds).classes
+    servers.clear()
+    got = list(iter_clips(s3_ds + ":train", spec, classes, limit=3))
+    want = list(iter_clips(local_ds + ":train", spec, classes, limit=3))
+    assert [c.key for c in got] == [c.key for c in want] and len(got) == 3
+    assert all(np.array_equal(a.frames, b.frames) and a.labels == b.labels for a, b in zip(got, want))
+    assert all(r for m, p, r in servers.log if m == "GET" and p.split("?")[0].endswith(".tar"))   # by ranges

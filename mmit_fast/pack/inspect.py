@@ -29,8 +29,11 @@ from .writer import index_entries_of_tar, iter_tar_samples, local_copy, read_ind
 def _find_manifest(tar_path: str) -> Optional[S.Manifest]:
     folder, name = storage.parent(tar_path), storage.basename(tar_path)
     if storage.is_url(tar_path):
-        cands = [storage.join(folder, n) for n in storage.listdir(folder) if n == S.MANIFEST_NAME or
-                 (n.startswith("manifest-p") and n.endswith(".json"))]
+        try:
+            parts = [n for n in storage.listdir(folder) if n.startswith("manifest-p") and n.endswith(".json")]
+        except storage.StorageError:   # http(s): no listing, only the manifest beside it
+            parts = []
+        cands = [storage.join(folder, n) for n in [S.MANIFEST_NAME] + parts]
     else:
         cands = [os.path.join(folder, S.MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
     for c in cands:
