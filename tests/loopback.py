@@ -2,7 +2,8 @@
 
 * :class:`MotoS3` -- moto's S3 server (``moto[server]``) in a subprocess on a free port;
 * :class:`RangeHTTPServer` -- a small HTTP/1.1 file server that honours ``Range`` (206), with
-  keep-alive and optional Basic auth (a wrong login gets 403);
+  keep-alive and optional Basic auth (a wrong login gets 403); it counts requests and TCP
+  connections;
 * :class:`FaultProxy` -- an HTTP/1.1 proxy in front of either: it forwards every request
   (keeping connections to the upstream open), adds a fixed latency per request when asked,
   and injects faults on requests whose path contains a given string: an HTTP status (with an
@@ -91,10 +92,14 @@ class RangeHTTPServer:
 
     def __init__(self, root: str, login: Optional[Tuple[str, str]] = None):
         outer = self
-        self.root, self.login, self.requests = root, login, []
+        self.root, self.login, self.requests, self.connections = root, login, [], 0
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):   # one handler per TCP connection (keep-alive serves many requests)
+                super().setup()
+                outer.connections += 1
 
             def log_message(self, *a):
                 pass

@@ -136,7 +136,9 @@ def test_http_range_server_with_a_login_in_the_url(local_ds):
         kw = dict(clip=CLIP, batch_size=3, train=False, num_workers=0)
         loader = make_loader(f"http://reader:{HTTP_PASSWORD}@{host}", "train", **kw)
         assert HTTP_PASSWORD not in repr(loader) + "".join(loader.table.shards)
+        conns, n0 = srv.connections, len(srv.requests)
         same(batches(make_loader(local_ds, "train", **kw)), batches(loader))
+        assert len(srv.requests) - n0 == 6 and srv.connections == conns    # the epoch reuses open connections
         assert all(r for m, p, r in srv.requests if m == "GET" and p.endswith(".tar"))   # ranges only
         srv.requests.clear()
         lazy = make_loader(f"http://reader:{HTTP_PASSWORD}@{host}", "train", readahead=0, **kw)
