@@ -174,6 +174,15 @@ def test_a_worker_retries_and_the_loader_counts_it(servers, local_ds, s3_ds):
     assert loader.io["retries"] == 2
 
 
+def test_a_permanent_fault_in_a_worker_reaches_the_caller_as_its_one_line(servers, local_ds):
+    url = upload(local_ds, "vanishing")
+    loader = make_loader(url, "train", clip=CLIP, batch_size=3, train=False, num_workers=1)
+    storage.remove(url + "/train-000000.tar")                              # deleted after the loader opened it
+    with pytest.raises(FileNotFoundError) as e:
+        batches(loader)
+    assert one_line(e.value) == f"cannot read {url}/train-000000.tar: not found (HTTP 404)"
+
+
 def test_a_fault_that_outlives_its_retries_is_one_line_naming_the_url(servers, s3_ds, monkeypatch, caplog):
     monkeypatch.setenv("MMIT_STORAGE_RETRIES", "2")
     servers.fail("train-000000.idx", 503, times=3, method="GET")
