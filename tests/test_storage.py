@@ -368,3 +368,25 @@ def test_inspect_and_predict_read_shards_at_a_url(servers, local_ds, s3_ds, caps
     assert [c.key for c in got] == [c.key for c in want] and len(got) == 3
     assert all(np.array_equal(a.frames, b.frames) and a.labels == b.labels for a, b in zip(got, want))
     assert all(r for m, p, r in servers.log if m == "GET" and p.split("?")[0].endswith(".tar"))   # by ranges
+
+
+# --------------------------------------------------------------------------- names (no server)
+def test_a_manifest_names_only_files_inside_its_folder(local_ds, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(local_ds, d)
+    man = json.loads((d / "manifest.json").read_text())
+    for bad in ("../elsewhere/train-000000.tar", "s3://other-bucket/train-000000.tar", "/etc/train-000000.tar"):
+        man["shards"][0]["path"] = bad
+        (d / "manifest.json").write_text(json.dumps(man))
+        with pytest.raises(S.ShardFormatError, match="is not a path inside the dataset folder"):
+            S.load_manifest(str(d))
+
+
+def test_redact_removes_logins_query_strings_and_known_secrets(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    assert storage.redact("https://u:pw@h.example/x.tar?X-Amz-Signature=abc&X-Amz-Credential=k") == \
+        "https://h.example/x.tar?…"
+    assert storage.redact(f"boom: signature of {SECRET} at s3://b/k") == "boom: signature of *** at s3://b/k"
+    assert storage.strip_credentials("https://reader:p%40ss@h.example/ds") == "https://h.example/ds"
+    assert storage.join("s3://b/ds/", "train-000000.tar") == "s3://b/ds/train-000000.tar"
+    assert storage.parent("s3://b/ds/manifest.json") == "s3://b/ds" and storage.basename("gs://b/ds/x.idx") == "x.idx"
