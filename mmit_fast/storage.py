@@ -280,18 +280,20 @@ _FS: Dict[tuple, Any] = {}
 _ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MMIT_STORAGE_TIMEOUT")
 
 
-_AIO_SESSION = []
+_AIO_SESSIONS: Dict[tuple, Any] = {}
 
 
 def _aio_session():
-    """One aiobotocore session for this process and the workers forked from it: a forked
-    worker inherits the service models it has loaded and parsed (~0.1 s of CPU per client
-    otherwise); each process still makes its own client and connections."""
-    if not _AIO_SESSION:
+    """One aiobotocore session for this process and the workers forked from it (per set of
+    AWS variables: a session caches the credentials it resolved): a forked worker inherits the
+    service models it has loaded and parsed (~0.1 s of CPU per client otherwise); each process
+    still makes its own client and connections."""
+    env = tuple(os.environ.get(k) for k in _ENV_KEYS + ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+    if env not in _AIO_SESSIONS:
         from aiobotocore.session import AioSession
 
-        _AIO_SESSION.append(AioSession())
-    return _AIO_SESSION[0]
+        _AIO_SESSIONS[env] = AioSession()
+    return _AIO_SESSIONS[env]
 
 
 def _new_fs(scheme: str, host: str):
@@ -334,7 +336,8 @@ def _fs(url: str):
     """``(file system, path for it)``; one file system per (process, protocol, host)."""
     scheme = _scheme(url)
     host = url[len(scheme) + 3:].split("/", 1)[0]
-    env = tuple(os.environ.get(k) for k in _ENV_KEYS)   # a changed endpoint or login: a new file system
+    env = tuple(os.environ.get(k) for k in _ENV_KEYS + ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))
+    # a changed endpoint or credentials: a new file system
     key = (os.getpid(), scheme, host if scheme in ("http", "https") else "", env, _LOGINS.get((scheme, host)))
     fs = _FS.get(key)
     if fs is None:
