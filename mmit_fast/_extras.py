@@ -19,7 +19,8 @@ EXTRA_OF = {
     "matplotlib": "interpret", "PIL": "interpret",
     "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
     "nvidia": "dali",
-    "sklearn": "test", "skvideo": "test", "pytest": "test",
+    "s3fs": "s3", "gcsfs": "gcs", "aiohttp": "http",
+    "sklearn": "test", "skvideo": "test", "pytest": "test", "moto": "test",
 }
 
 

@@ -72,7 +72,9 @@ def _cmd_synth(args):
                                broden=args.broden, preset=args.preset)
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"mmit synth: {e}") from None
-    print(f"{args.out}: {man.num_classes} classes; " + ", ".join(
+    from .storage import redact
+
+    print(f"{redact(args.out)}: {man.num_classes} classes; " + ", ".join(
         f"{s} {man.splits[s]['samples']} videos" for s in man.splits))
     if args.broden:
         print(f"Broden export: {args.broden}")
@@ -93,7 +95,8 @@ def _add_pack(sub):
     p.add_argument("--videos", help="video root (annotation paths are relative to it)")
     p.add_argument("--annotations", help="annotation file: CSV (path,label,...) or JSONL")
     p.add_argument("--categories", help="categories file, one class name per line")
-    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--out", required=True, help="output dataset folder, or its URL (s3://bucket/prefix, gs://...; "
+                                                "shards are uploaded as they finish, the manifest last)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split these rows go to (default train)")
     p.add_argument("--codec", default="vp9", choices=["vp9", "h264", "mjpeg"],
                    help="video codec: vp9 (DALI CPU+GPU, default), h264 (DALI GPU only), mjpeg")
@@ -121,13 +124,14 @@ def _add_pack(sub):
 
 def _cmd_pack(args):
     from .pack import ShardWriteError, merge_parts, pack_videos, split_report
+    from .storage import redact
 
     if args.merge:
         try:
             man = merge_parts(args.out)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"mmit pack --merge: {e}") from None
-        print(f"{args.out}/manifest.json: merged {man.source['merged_parts']} parts; " + ", ".join(
+        print(f"{redact(args.out)}/manifest.json: merged {man.source['merged_parts']} parts; " + ", ".join(
             f"{s} {st['samples']} samples" for s, st in man.splits.items()))
         return 0
     missing = [f for f in ("videos", "annotations", "categories") if not getattr(args, f)]
@@ -178,11 +182,13 @@ def _cmd_inspect(args):
     from .pack import inspect_shard
     from .shards import load_manifest
 
+    from .storage import is_url, join
+
     paths = []
     for s in args.shard:
-        if os.path.isdir(s):
+        if os.path.isdir(s) or (is_url(s) and not s.endswith(".tar")):   # a dataset folder (or its URL)
             man = load_manifest(s)
-            paths.extend(os.path.join(man.root, i.path) for i in man.shards)
+            paths.extend(join(man.root, i.path) for i in man.shards)
         else:
             paths.append(s)
     bad = 0
@@ -256,7 +262,8 @@ def _add_eval(sub):
                     "mmit eval runs/demo/train/checkpoints/best.pt --split val --split test")
     p.add_argument("checkpoint", help="mmit checkpoint: written by mmit train (checkpoints/best.pt or last.pt) or "
                                       "mmit import-weights; read as data only (weights_only)")
-    p.add_argument("--data", help="packed dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--data", help="packed dataset folder or its URL (s3://, gs://, https://; default: the one the "
+                                  "checkpoint was trained on)")
     p.add_argument("--split", action="append", default=None, help="split to evaluate, repeatable (default: val)")
     p.add_argument("--views", type=int, default=1, help="temporal x spatial views per video, scores averaged (default: 1 = centre clip)")
     p.add_argument("--classes", metavar="FILE", help="evaluate on this class subset only (one class name per line; Table 2)")

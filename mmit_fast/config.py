@@ -317,7 +317,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
 
 # ----------------------------------------------------------------------------------- argparse
 _HELP = {
-    "data": "packed dataset folder (manifest.json + shards)",
+    "data": "packed dataset folder (manifest.json + shards), or its URL (s3://, gs://, https://)",
     "out": "output folder: checkpoints/, metrics.csv, val_metrics.csv, tb/, config.yaml, summary.json",
     "model": "i3d | tsm | soundnet | fusion",
     "loss": "bce | warp | lsep | wlsep",

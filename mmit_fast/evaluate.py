@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import storage
 from ._io import atomic_path, atomic_write_json, atomic_write_text
 
 MODEL_LABELS = {"i3d": "I3D", "tsm": "TSM", "soundnet": "SoundNet", "fusion": "Fusion"}
@@ -204,7 +205,7 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
         keys, scores, targets = m.pop("keys"), m.pop("scores"), m.pop("targets")
         tag = _output_tag(split, classes_file, single_label, views)
         row = table_row(model_label(ck), loss_label(ck), m)
-        extra: Dict[str, Any] = {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "split": split,
+        extra: Dict[str, Any] = {"checkpoint": os.path.abspath(checkpoint), "data": storage.absolute(data), "split": split,
                                  "views": views, "single_label": single_label, "class_subset": subset,
                                  "model": model_label(ck), "loss": loss_label(ck), "step": ck.get("step"),
                                  "world_size": world, "skipped_samples": getattr(loader, "skipped", 0)}

@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json
+from . import storage
 
 FORMAT = "mmit-shards"
 VERSION = 1
@@ -208,7 +208,7 @@ def _inside(rel: Any, what: str, where: str) -> str:
     if not isinstance(rel, str) or not rel.strip():
         raise ShardFormatError(f"{where}: {what} path {rel!r} is not a file name")
     parts = re.split(r"[\\/]+", rel)
-    if os.path.isabs(rel) or rel[:1] in "/\\" or re.match(r"^[A-Za-z]:", rel) or ".." in parts:
+    if os.path.isabs(rel) or rel[:1] in "/\\" or re.match(r"^[A-Za-z]:", rel) or ".." in parts or storage.is_url(rel):
         raise ShardFormatError(f"{where}: {what} path {rel!r} is not inside the dataset folder (absolute, or through "
                                "'..'); a manifest names its shards relative to its folder")
     return rel
@@ -285,10 +285,11 @@ class Manifest:
         return infos
 
     def shard_paths(self, split: str) -> List[str]:
-        return [os.path.join(self.root, s.path) for s in self.shard_infos(split)]
+        """Paths (or URLs, for a dataset read from a URL) of the split's shards."""
+        return [storage.join(self.root, s.path) for s in self.shard_infos(split)]
 
     def index_paths(self, split: str) -> List[str]:
-        return [os.path.join(self.root, s.index) for s in self.shard_infos(split)]
+        return [storage.join(self.root, s.index) for s in self.shard_infos(split)]
 
     # -- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -320,8 +321,8 @@ class Manifest:
         return cls(shards=shards, root=root, **kw)
 
     def save(self, path: str) -> None:
-        """Write atomically (temp file + rename)."""
-        atomic_write_json(path, self.to_dict())
+        """Write atomically (temp file + rename; on an object store one PUT, see :mod:`.storage`)."""
+        storage.write_json(path, self.to_dict())
 
 
 #: the largest manifest read (a 1M-video dataset with 10% rejected rows is ~25 MB)
@@ -329,43 +330,58 @@ MAX_MANIFEST_BYTES = 64 << 20
 
 
 def load_manifest(path: str) -> Manifest:
-    """Load ``manifest.json`` from a dataset folder or a file path, with errors that name it.
+    """Load ``manifest.json`` from a dataset folder (or its URL: ``s3://bucket/prefix``,
+    ``gs://...``, ``https://...``) or a file path, with errors that name it.
 
     A manifest is data from whoever made the folder: its size is checked before it is read
     (:data:`MAX_MANIFEST_BYTES`), nesting too deep for the JSON reader is an error naming it,
     and every shard and index path must stay inside the folder (:meth:`Manifest.from_dict`)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
+    path = storage.strip_credentials(os.fspath(path))
+    if storage.is_url(path):
+        if not path.endswith(".json"):
+            path = storage.join(path, MANIFEST_NAME)
+    elif os.path.isdir(path):
         path = os.path.join(path, MANIFEST_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no manifest at {path}: is this a folder written by `mmit pack` / `mmit synth`?")
-    size = os.path.getsize(path)
-    if size > MAX_MANIFEST_BYTES:
-        raise ShardFormatError(f"{path}: {size} bytes, more than a manifest may hold ({MAX_MANIFEST_BYTES} bytes); "
-                               "not a dataset manifest?")
+    shown = storage.redact(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        size = storage.size(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no manifest at {shown}: is this a folder written by `mmit pack` / `mmit synth`?") \
+            from None
+    if size > MAX_MANIFEST_BYTES:
+        raise ShardFormatError(f"{shown}: {size} bytes, more than a manifest may hold ({MAX_MANIFEST_BYTES} bytes); "
+                               "not a dataset manifest?")
+    data = storage.read_bytes(path)
+    try:
+        d = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+        raise ShardFormatError(f"{shown}: not valid JSON ({e})") from None
     except RecursionError:
-        raise ShardFormatError(f"{path}: JSON nested deeper than a manifest can be (not a dataset manifest?)") from None
-    return Manifest.from_dict(d, root=os.path.dirname(os.path.abspath(path)), where=path)
+        raise ShardFormatError(f"{shown}: JSON nested deeper than a manifest can be (not a dataset manifest?)") from None
+    return Manifest.from_dict(d, root=storage.parent(path), where=shown)
 
 
 def find_manifest(tar_path: str) -> Optional[Manifest]:
-    """The manifest of the dataset a shard belongs to: ``manifest.json`` in its folder, else a
-    part manifest (``manifest-pIIII.json``) there that lists it; None when there is none that
-    reads (a damaged or hostile manifest is not used)."""
+    """The manifest of the dataset a shard belongs to (a local path or a URL): ``manifest.json``
+    in its folder, else a part manifest (``manifest-pIIII.json``) there that lists it; None when
+    there is none that reads (a damaged or hostile manifest is not used)."""
     import glob
 
-    folder, name = os.path.dirname(os.path.abspath(tar_path)), os.path.basename(tar_path)
-    cands = [os.path.join(folder, MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
+    folder, name = storage.parent(tar_path), storage.basename(tar_path)
+    if storage.is_url(tar_path):
+        try:
+            parts = sorted(n for n in storage.listdir(folder) if n.startswith("manifest-p") and n.endswith(".json"))
+        except storage.StorageError:   # http(s): no listing, only the manifest beside it
+            parts = []
+        cands = [storage.join(folder, n) for n in [MANIFEST_NAME] + parts]
+    else:
+        folder = os.path.dirname(os.path.abspath(tar_path))
+        cands = [os.path.join(folder, MANIFEST_NAME)] + sorted(glob.glob(os.path.join(folder, "manifest-p*.json")))
     for c in cands:
-        if os.path.exists(c):
+        if storage.exists(c):
             try:
                 m = load_manifest(c)
-            except (ShardFormatError, OSError, ValueError, RecursionError):
+            except (ShardFormatError, OSError, ValueError, RecursionError, storage.StorageError):
                 continue
             if c.endswith(MANIFEST_NAME) or any(s.path == name for s in m.shards):
                 return m

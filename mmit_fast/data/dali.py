@@ -8,7 +8,9 @@ The pipeline is fed, batch by batch, through ``fn.external_source`` by the same
 :class:`~mmit_fast.data.pyav.BatchSource` the PyAV backend uses (in ``decode=False`` mode,
 inside DataLoader worker processes): the encoded mp4 of each view, the frame indices chosen
 by :mod:`.sampling` (given to the decoder as ``frames=``), the resize target, the crop anchor,
-the flip and the label ids. So both backends cut the same frames and the same windows.
+the flip and the label ids. So both backends cut the same frames and the same windows, and
+read the same bytes the same way: from a local tar or, for shards at a URL, through the same
+byte source (:mod:`.fetch`: one range request per sample, read ahead, optional cache).
 
 Per view (a DALI sample)::
 

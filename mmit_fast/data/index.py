@@ -14,6 +14,13 @@
   A stale index (from an older write of the shard) or a foreign one (another shard's) fails
   them: the tar is scanned instead, with one ``RuntimeWarning`` naming the index and the
   problem (``mmit inspect --fix-index`` rewrites it); no intact sample is dropped.
+
+  Shards at a URL (``s3://``, ``gs://``, ``https://``; :mod:`mmit_fast.storage`): the sizes come
+  from one listing (or HEADs), the index files and the header probes are fetched concurrently
+  (shards in parallel, a probe per request), and a shard shorter than its index says, a
+  missing index or one that fails the checks is an error naming the URL (a scan would read the
+  whole shard over the network; ``mmit inspect --fix-index URL`` writes a correct one). Members
+  are then read by :mod:`.fetch` (one range request per sample, read ahead, optional cache).
 * :func:`epoch_batches` splits one epoch into the batches of one rank. The permutation is
   ``default_rng([seed, epoch]).permutation(N)`` (identity without shuffling); rank ``r`` of
   ``R`` takes positions ``r, r+R, r+2R, ...``, so ranks are disjoint.
@@ -29,12 +36,14 @@ from __future__ import annotations
 import os
 import tarfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import shards as S
+from .. import storage
 
 
 @dataclass
@@ -50,6 +59,11 @@ class SampleTable:
     samples: List[SampleRef]
     verify: str = "optional"       # member digests: "require" | "optional" | "off" (see .verify)
     bad_indexes: List[Tuple[str, str]] = field(default_factory=list)   # (index path, problem): scanned instead
+    sizes: List[int] = field(default_factory=list)   # bytes of each shard
+    remote: bool = False           # shards at a URL: members read by .fetch (see there for the next three)
+    readahead: int = 4             # range requests in flight per worker (0: each sample fetched when read)
+    cache_dir: Optional[str] = None   # local cache of whole shards (None: no cache)
+    cache_bytes: int = 0           # its bound
 
     def __len__(self):
         return len(self.samples)
@@ -67,12 +81,12 @@ Rows = List[Tuple[str, Dict[str, Tuple[int, int]]]]
 _BLOCK, _RECORD = 512, 20 * 512   # tar block; records pad the archive's end (GNU tar and tarfile)
 
 
-def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> Tuple[Rows, List[Tuple[int, int, str]]]:
+def _parse_idx(idx_path: str, tar_path: str, tar_size: Optional[int]) -> Tuple[Rows, List[Tuple[int, int, str]]]:
     """``(rows, members)`` of a DALI index: per sample ``(key, {ext: (offset, size)})``, and
-    every member as ``(offset, size, name)``; a ShardFormatError when it does not parse."""
+    every member as ``(offset, size, name)``; a ShardFormatError when it does not parse (or a
+    member lies outside the ``tar_size``-byte tar; None: not checked here)."""
     try:
-        with open(idx_path, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = storage.read_bytes(idx_path).decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise S.ShardFormatError("it is not text") from None
     if not lines or not lines[0].startswith("v1."):
@@ -91,7 +105,7 @@ def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> Tuple[Rows, List[
                 ext, off, size, name = parts[g], int(parts[g + 1]), int(parts[g + 2]), parts[g + 3]
             except ValueError:
                 raise S.ShardFormatError(f"line {ln} has a non-integer offset or size") from None
-            if off < _BLOCK or size < 0 or off + size > tar_size:
+            if off < _BLOCK or size < 0 or (tar_size is not None and off + size > tar_size):
                 raise S.ShardFormatError(f"member {name} at bytes {off}..{off + size} lies outside the "
                                          f"{tar_size}-byte tar")
             k, _ = _key_ext(name)
@@ -104,10 +118,8 @@ def _parse_idx(idx_path: str, tar_path: str, tar_size: int) -> Tuple[Rows, List[
     return out, flat
 
 
-def _header_problem(f, off: int, size: int, name: str) -> Optional[str]:
-    """Why the tar header before the data at ``off`` is not member ``name`` of ``size`` bytes."""
-    f.seek(off - _BLOCK)
-    buf = f.read(_BLOCK)
+def _header_problem(buf: bytes, off: int, size: int, name: str) -> Optional[str]:
+    """Why ``buf``, the tar header before the data at ``off``, is not member ``name`` of ``size`` bytes."""
     try:
         ti = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
     except tarfile.HeaderError as e:
@@ -129,14 +141,17 @@ def index_problem(tar_path: str, tar_size: int, rows: Rows, flat: List[Tuple[int
         return (f"its last member ends at byte {end}, which does not fit the {tar_size}-byte tar "
                 "(the tar holds other or more members)")
     picks = sorted(set(np.linspace(0, len(rows) - 1, min(probes, len(rows))).round().astype(int).tolist()))
-    with open(tar_path, "rb") as f:
-        for i in picks:
-            key, members = rows[i]
-            items = list(members.items())
-            for ext, (off, size) in (items if i in (0, len(rows) - 1) else items[:1]):
-                why = _header_problem(f, off, size, f"{key}.{ext}" if ext else key)
-                if why:
-                    return why
+    checks = []
+    for i in picks:
+        key, members = rows[i]
+        items = list(members.items())
+        checks += [(off, size, f"{key}.{ext}" if ext else key)
+                   for ext, (off, size) in (items if i in (0, len(rows) - 1) else items[:1])]
+    headers = storage.read_ranges(tar_path, [(off - _BLOCK, off) for off, _, _ in checks])   # one request each
+    for buf, (off, size, name) in zip(headers, checks):
+        why = _header_problem(buf, off, size, name)
+        if why:
+            return why
     return None
 
 
@@ -161,25 +176,62 @@ def sample_table(manifest: S.Manifest, split: str) -> SampleTable:
     tars = manifest.shard_paths(split)
     idxs = manifest.index_paths(split)
     infos = manifest.shard_infos(split)
-    shards, samples, bad = [], [], []
-    for si, (tar, idx, info) in enumerate(zip(tars, idxs, infos)):
-        if not os.path.exists(tar):
-            raise FileNotFoundError(f"shard {tar} (split {split!r}, listed in {manifest.root}/manifest.json) does not exist")
-        size = os.path.getsize(tar)
+    remote = storage.is_url(manifest.root)
+    try:
+        sizes = storage.sizes(tars)
+    except FileNotFoundError as e:
+        missing = next((t for t in tars if storage.redact(t) in str(e)), None) if remote else \
+            next((t for t in tars if not os.path.exists(t)), tars[0])
+        where = storage.redact(missing or "a shard")
+        raise FileNotFoundError(f"shard {where} (split {split!r}, listed in {storage.redact(manifest.root)}/manifest.json) "
+                                "does not exist") from None
+    for tar, size in zip(tars, sizes):
         if size < 512 or size % 512:
-            raise S.ShardFormatError(f"shard {tar} is corrupt or truncated: {size} bytes is not a whole number of 512-byte tar blocks")
-        rows = _trusted_index(tar, idx, size, info.samples, bad) if os.path.exists(idx) else None
-        rows = rows if rows is not None else _scan_tar(tar)
+            raise S.ShardFormatError(f"shard {storage.redact(tar)} is corrupt or truncated: {size} bytes is not a whole "
+                                     "number of 512-byte tar blocks")
+    bad: List[Tuple[str, str]] = []
+    if remote:   # every shard's index and probes at once (the requests overlap their latency)
+        with ThreadPoolExecutor(8) as ex:
+            all_rows = list(ex.map(_remote_rows, tars, idxs, sizes, [i.samples for i in infos]))
+    else:
+        all_rows = [(_trusted_index(tar, idx, size, info.samples, bad) if os.path.exists(idx) else None) or _scan_tar(tar)
+                    for tar, idx, info, size in zip(tars, idxs, infos, sizes)]
+    samples = []
+    for si, (tar, rows, info) in enumerate(zip(tars, all_rows, infos)):
         if info.samples and len(rows) != info.samples:
-            raise S.ShardFormatError(f"shard {tar} holds {len(rows)} samples but the manifest says {info.samples}")
-        shards.append(tar)
+            raise S.ShardFormatError(f"shard {storage.redact(tar)} holds {len(rows)} samples but the manifest says "
+                                     f"{info.samples}")
         for key, members in rows:
             if S.VIDEO_EXT not in members:
-                raise S.ShardFormatError(f"shard {tar}: sample {key!r} has no .{S.VIDEO_EXT} member (has {sorted(members)})")
+                raise S.ShardFormatError(f"shard {storage.redact(tar)}: sample {key!r} has no .{S.VIDEO_EXT} member "
+                                         f"(has {sorted(members)})")
             samples.append(SampleRef(si, key, members))
     if not samples:
-        raise S.ShardFormatError(f"split {split!r} of {manifest.root} has no samples")
-    return SampleTable(shards, samples, bad_indexes=bad)
+        raise S.ShardFormatError(f"split {split!r} of {storage.redact(manifest.root)} has no samples")
+    return SampleTable(list(tars), samples, bad_indexes=bad, sizes=list(sizes), remote=remote)
+
+
+def _remote_rows(tar: str, idx: str, size: int, expect: int) -> Rows:
+    """The index rows of a shard at a URL, checked as :func:`_trusted_index` checks a local one;
+    any problem is an error naming the URL (no whole-shard scan over the network)."""
+    fix = f"write a correct one with `mmit inspect --fix-index {storage.redact(tar)}`"
+    try:
+        rows, flat = _parse_idx(idx, tar, None)
+    except FileNotFoundError:
+        raise S.ShardFormatError(f"shard {storage.redact(tar)} has no index {storage.redact(idx)}: reading it would "
+                                 f"need a scan of the whole shard over the network; {fix}") from None
+    except S.ShardFormatError as e:
+        raise S.ShardFormatError(f"index {storage.redact(idx)} is unreadable ({e}); {fix}") from None
+    end = max((off + sz for off, sz, _ in flat), default=0)
+    if end > size:
+        raise S.ShardFormatError(f"shard {storage.redact(tar)} is {size} bytes, shorter than its index says (its last "
+                                 f"member ends at byte {end}): an incomplete upload? upload the shard again")
+    why = index_problem(tar, size, rows, flat)
+    if why is None and expect and len(rows) != expect:
+        why = f"it lists {len(rows)} samples, the manifest says {expect}"
+    if why:
+        raise S.ShardFormatError(f"index {storage.redact(idx)} does not match its shard ({why}); {fix}")
+    return rows
 
 
 def _trusted_index(tar: str, idx: str, size: int, expect: int, bad: List[Tuple[str, str]]) -> Optional[Rows]:
@@ -201,16 +253,42 @@ def _trusted_index(tar: str, idx: str, size: int, expect: int, bad: List[Tuple[s
 
 
 class MemberReader:
-    """Reads members by (offset, size); keeps one open file per shard (per process)."""
+    """Reads members by (offset, size); keeps one open file per shard (per process). Shards at
+    a URL are read through :class:`.fetch.RemoteSamples` (``prefetch`` a batch's samples first:
+    one range request per sample, read ahead)."""
 
     def __init__(self, table: SampleTable):
         self.table = table
         self._files: Dict[int, object] = {}
         self._pid = os.getpid()
+        self._remote = None
+
+    def _fetcher(self):
+        if self._remote is None or os.getpid() != self._pid:
+            from .fetch import RemoteSamples
+
+            self._files, self._pid, self._remote = {}, os.getpid(), RemoteSamples(self.table)
+        return self._remote
+
+    def prefetch(self, refs, exts) -> Dict[str, int]:
+        """Start fetching members ``exts`` of ``refs`` (a no-op for local shards); returns the
+        storage counters before, for :meth:`io_since`."""
+        mark = storage.stats()
+        if self.table.remote:
+            self._fetcher().prefetch(refs, exts)
+        return mark
+
+    @staticmethod
+    def io_since(mark: Dict[str, int]) -> Dict[str, int]:
+        """Requests, bytes and retries of this process since ``mark``."""
+        now = storage.stats()
+        return {k: now[k] - mark.get(k, 0) for k in ("requests", "bytes_read", "retries")}
 
     def read(self, ref: SampleRef, ext: str) -> Optional[bytes]:
         if ext not in ref.members:
             return None
+        if self.table.remote:
+            return self._fetcher().read(ref, ext)
         if os.getpid() != self._pid:  # forked into a worker: do not share file offsets
             self._files, self._pid = {}, os.getpid()
         f = self._files.get(ref.shard)
@@ -231,6 +309,9 @@ class MemberReader:
         for f in self._files.values():
             f.close()
         self._files = {}
+        if self._remote is not None and self._pid == os.getpid():
+            self._remote.close()
+        self._remote = None
 
     def __del__(self):
         try:

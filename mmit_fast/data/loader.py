@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import shards as S
+from .. import storage
 from . import dali as _dali
 from .index import epoch_batches, num_batches, sample_table
 from .pyav import BadSample, BatchSource, decode_clip, normalise
@@ -144,7 +145,8 @@ class VideoLoader:
                  with_audio: bool = False, num_workers: int = 2, views=1, shuffle: Optional[bool] = None,
                  drop_last: Optional[bool] = None, decoder_threads: Optional[int] = None, dali_threads: int = 2,
                  prefetch: int = 2, exact_color: bool = False, container_check: str = "boxes", modality: str = "video",
-                 verify_digests: bool = True):
+                 verify_digests: bool = True, readahead: int = 4, cache_dir: Optional[str] = None,
+                 cache_bytes: int = 20 << 30):
         self.manifest = data if isinstance(data, S.Manifest) else S.load_manifest(data)
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -163,6 +165,11 @@ class VideoLoader:
         self.backend = resolve_backend(backend, self.device, self.codec) if self.video else "pyav"
         self.table = sample_table(self.manifest, split)
         self.table.verify = digest_mode(self.manifest, verify_digests)
+        if readahead < 0:
+            raise ValueError(f"readahead must be >= 0 (0: no read-ahead), got {readahead}")
+        self.table.readahead, self.table.cache_bytes = int(readahead), int(cache_bytes)
+        self.table.cache_dir = os.path.abspath(cache_dir) if cache_dir and self.table.remote else None
+        self.io = {"requests": 0, "bytes_read": 0, "retries": 0}   # sample reads from a URL (all workers)
         self.num_samples = len(self.table)
         fps = float(self.manifest.video.get("fps") or 25.0)
         secs = float(self.manifest.video.get("seconds") or 3.0)
@@ -213,7 +220,7 @@ class VideoLoader:
         items = _EpochItems(self.epoch, self.start_batch, self._nb)
         if self.num_workers <= 0:
             for it in items:
-                yield self.source[it]
+                yield self._counted(self.source[it])
             return
         if self._dl is None:   # persistent workers: forked once, reused every epoch
             self._sampler = _EpochItems(0, 0, self._nb)
@@ -222,7 +229,17 @@ class VideoLoader:
                                                    worker_init_fn=_worker_init, prefetch_factor=self.prefetch,
                                                    persistent_workers=True, pin_memory=False)
         self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
-        yield from self._dl
+        try:
+            for d in self._dl:
+                yield self._counted(d)
+        except storage.StorageError as e:   # from a worker: its one line, not the worker's traceback
+            last = str(e).strip().splitlines()[-1]
+            raise type(e)(last.split(": ", 1)[1] if last.startswith("mmit_fast.storage.") else last) from None
+
+    def _counted(self, d):
+        for k, v in d.get("io", {}).items():
+            self.io[k] = self.io.get(k, 0) + v
+        return d
 
     def _record_skips(self, skipped):
         for s in skipped:
@@ -401,7 +418,15 @@ def make_loader(data, split: str = "train", clip: Optional[ClipSpec] = None, bat
     model's: ``"video"``; ``"audio"``, an audio-only model such as SoundNet: the video member
     is neither read nor decoded, ``batch.video`` is ``[B*V,3,0,c,c]`` and ``batch.audio`` holds
     the whole clip's waveform; ``"audio-video"``, a fusion: frames as usual, the whole clip's
-    audio; anything but ``"video"`` implies ``with_audio``).
+    audio; anything but ``"video"`` implies ``with_audio``), ``readahead`` (shards at a URL:
+    range requests in flight per worker, default 4, 0 for none; :mod:`.fetch`), ``cache_dir`` /
+    ``cache_bytes`` (shards at a URL: keep whole shards on local disk, at most ``cache_bytes``,
+    default 20 GiB, evicted least recently used, checked by the member digests).
+
+    ``data`` may be a URL: ``s3://bucket/prefix``, ``gs://...``, ``https://...``
+    (:mod:`mmit_fast.storage`; extras ``[s3]``, ``[gcs]``, ``[http]``): the manifest, the
+    ``.idx`` files and one byte range per sample are fetched, nothing else; ``loader.io``
+    counts the requests, bytes and retries of the sample reads.
 
     A clip spec that needs more distinct frames per clip than the shards hold (e.g. 16
     consecutive frames at stride 2 on ``paper-i3d`` shards of 16 frames per clip) makes a

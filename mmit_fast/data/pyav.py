@@ -463,6 +463,8 @@ class BatchSource:
         idx = self.batches(epoch)[b]
         clips, raw, keys, where, ids_list, audio, has_audio, skipped = [], [], [], [], [], [], [], []
         stats = {"decoded": 0}
+        exts = ((S.VIDEO_EXT,) if self.video else ()) + (S.META_EXT, S.LABEL_EXT) + (S.AUDIO_EXTS if self.with_audio else ())
+        io_mark = self.reader.prefetch([self.table.samples[int(gi)] for gi in idx], exts)   # shards at a URL: read ahead
         for gi in idx:
             gi = int(gi)
             ref = self.table.samples[gi]
@@ -519,6 +521,7 @@ class BatchSource:
             "audio": (np.concatenate(audio)[:, None, :] if audio else np.zeros((0, 1, self.audio_samples), np.float32)) if self.with_audio else None,
             "skipped": skipped,
             "decoded": stats["decoded"],
+            "io": self.reader.io_since(io_mark),
         }
         if self.decode or not self.video:
             out["video"] = self._pixels(clips, len(keys))

@@ -9,7 +9,9 @@ clip, centre crop). Ground truth of synthetic samples (``<key>.gt.npz``) is carr
 view: frames picked, resized (nearest) and cropped like the pixels.
 
 Sources: a video file (any container PyAV reads), a ``.tar`` shard, a dataset folder (its
-``val`` split, else ``test``, else ``train``) or ``FOLDER:SPLIT``.
+``val`` split, else ``test``, else ``train``) or ``FOLDER:SPLIT``; shards and datasets may be
+URLs (``s3://``, ``gs://``, ``https://``: one range request per sample through the ``.idx``,
+:mod:`mmit_fast.storage`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import shards as S
+from .. import storage
 from ..data.sampling import ClipSpec, plan_views
 from .cam import NoClassifierError
 
@@ -188,7 +191,7 @@ def _shard(path: str, spec: ClipSpec, vocab: Optional[List[str]], counter: Dict[
     from ..pack.writer import iter_tar_samples
 
     for key, mem in iter_tar_samples(path):
-        where = f"{path}:{key}"
+        where = f"{storage.redact(path)}:{key}"
         if S.VIDEO_EXT not in mem:
             counter.setdefault("skipped", []).append(f"{where}: no {S.VIDEO_EXT} member")
             continue
@@ -208,8 +211,9 @@ def _shard(path: str, spec: ClipSpec, vocab: Optional[List[str]], counter: Dict[
 def _split_paths(source: str) -> Tuple[str, S.Manifest, List[str]]:
     """``(folder, manifest, shard paths)`` of a dataset folder or ``FOLDER:SPLIT``."""
     folder, split = source, None
-    if not os.path.isdir(source) and ":" in source:
-        folder, split = source.rsplit(":", 1)
+    head, _, tail = source.rpartition(":")
+    if not os.path.isdir(source) and head and tail and "/" not in tail:
+        folder, split = head, tail
     man = S.load_manifest(folder)
     if split is None:
         split = next((s for s in ("val", "test", "train") if man.num_samples(s)), None)
@@ -227,16 +231,17 @@ def iter_clips(source: str, spec: ClipSpec, classes: List[str], *, limit: Option
     names the true labels, and is compared with them by name (:func:`compare_vocabularies`):
     none shared is a ValueError, another order or set a line in ``counter["notes"]``."""
     counter = {} if counter is None else counter
-    source = os.fspath(source)
-    if not os.path.exists(source) and not (":" in source and os.path.isdir(source.rsplit(":", 1)[0])):
+    source = storage.strip_credentials(os.fspath(source))
+    remote = storage.is_url(source)   # a shard or a dataset (``URL[:split]``) in object storage or over HTTP
+    if not remote and not os.path.exists(source) and not (":" in source and os.path.isdir(source.rsplit(":", 1)[0])):
         raise FileNotFoundError(f"{source}: no such video file, shard or dataset folder")
-    if os.path.isfile(source) and not source.endswith(".tar"):
+    if not remote and os.path.isfile(source) and not source.endswith(".tar"):
         gen = _video_file(source, spec)
     else:
         if source.endswith(".tar"):
-            if not os.path.isfile(source):
+            if not remote and not os.path.isfile(source):
                 raise FileNotFoundError(f"{source}: no such shard")
-            man, where, paths = S.find_manifest(source), source, [source]
+            man, where, paths = S.find_manifest(source), storage.redact(source), [source]
         else:
             where, man, paths = _split_paths(source)
         vocab = list(man.classes) if man is not None else None

@@ -20,8 +20,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import shards as S
+from .. import storage
 from .transcode import decode_audio_bytes, decode_video_bytes
-from .writer import index_entries_of_tar, iter_tar_samples, read_index, write_index
+from .writer import index_entries_of_tar, iter_tar_samples, local_copy, read_index, write_index
 
 
 def _find_manifest(tar_path: str) -> Optional[S.Manifest]:
@@ -31,7 +32,7 @@ def _find_manifest(tar_path: str) -> Optional[S.Manifest]:
 def _index_errors(tar_path: str, entries, fix: bool, say) -> List[str]:
     """Problems of the shard's ``.idx`` (rewritten from ``entries`` when ``fix``)."""
     idx = S.index_name(tar_path)
-    if not os.path.exists(idx):
+    if not storage.exists(idx):
         why = f"{tar_path}: no DALI index {os.path.basename(idx)} next to it"
     else:
         try:
@@ -41,7 +42,7 @@ def _index_errors(tar_path: str, entries, fix: bool, say) -> List[str]:
         except (S.ShardFormatError, ValueError, UnicodeDecodeError) as e:
             why = f"{idx}: unreadable index ({e})"
     if why and fix and entries:
-        write_index(tar_path, idx)
+        write_index(tar_path, idx, entries=entries)
         say(f"fixed: {why}; rewrote {idx} from the tar's members")
         return []
     return [why] if why else []
@@ -140,26 +141,34 @@ def inspect_shard(tar_path: str, decode: bool = True, limit: Optional[int] = Non
 
     Returns ``{"shard", "samples", "errors": [str], "keys": [str], "digests": bool}``;
     ``errors`` is empty for a good shard; ``digests`` says whether its samples carry member
-    digests. ``fix_index`` rewrites a missing, stale or foreign ``.idx`` from the tar."""
+    digests. ``fix_index`` rewrites a missing, stale or foreign ``.idx`` from the tar.
+    A shard at a URL is read whole into a temporary file (every byte is checked); its ``.idx``
+    and the manifest beside it are read, and fixed, at the URL."""
+    tar_path = storage.strip_credentials(tar_path)
+    if not storage.exists(tar_path):
+        raise FileNotFoundError(f"no shard at {storage.redact(tar_path)}")
+    with local_copy(tar_path) as local:
+        return _inspect(tar_path, local, decode, limit, out, fix_index)
+
+
+def _inspect(tar_path: str, local: str, decode: bool, limit: Optional[int], out, fix_index: bool) -> Dict:
     say = out or (lambda s: None)
     errors: List[str] = []
     keys: List[str] = []
-    if not os.path.exists(tar_path):
-        raise FileNotFoundError(f"no shard at {tar_path}")
     man = _find_manifest(tar_path)
     required = bool(man and man.integrity.get("digest"))
     digested = 0
     try:
-        entries = index_entries_of_tar(tar_path)
+        entries = index_entries_of_tar(local)
     except Exception as e:
         return {"shard": tar_path, "samples": 0, "errors": [f"{tar_path}: not a readable tar ({e})"], "keys": [],
                 "digests": False}
     errors.extend(_index_errors(tar_path, entries, fix_index, say))
     say(f"{tar_path}: {len(entries)} samples" + (f", manifest with {man.num_classes} classes" if man else ", no manifest found"))
-    for n, (key, mem) in enumerate(iter_tar_samples(tar_path)):
+    for n, (key, mem) in enumerate(iter_tar_samples(local)):
         if limit is not None and n >= limit:
             break
-        where = f"{os.path.basename(tar_path)}:{key}"
+        where = f"{storage.basename(tar_path)}:{key}"
         problems: List[str] = []
         keys.append(key)
         meta, ids = _meta_and_labels(key, mem, man, required, where, problems)
@@ -184,8 +193,8 @@ def validate_dataset(root: str, decode: bool = False) -> Dict:
     errors: List[str] = []
     keys = set()
     for s in man.shards:
-        path = os.path.join(man.root, s.path)
-        if not os.path.exists(path):
+        path = storage.join(man.root, s.path)
+        if not storage.exists(path):
             errors.append(f"{s.path}: listed in the manifest but missing")
             continue
         rep = inspect_shard(path, decode=decode, out=None)

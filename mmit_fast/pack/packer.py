@@ -24,6 +24,12 @@ entry repeats ``to_retry``. :func:`merge_parts` refuses parts that did not finis
 
 Parts. ``part=(i, N)`` writes shards ``{split}-pIIII-NNNNNN.tar`` and ``manifest-pIIII.json``;
 :func:`merge_parts` joins the part manifests into ``manifest.json``.
+
+Object storage. ``out_dir`` may be ``s3://bucket/prefix`` or ``gs://...``: every file above
+goes through :mod:`mmit_fast.storage` (listing, reading, atomic PUTs); each finished shard is
+uploaded with its ``.idx`` as it completes, the (part) manifest last, so a reader never sees a
+partial shard or a manifest naming a missing one; the journal and state files live in the
+bucket too, so ``--resume`` (from any machine) and ``--merge`` work against it.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import shards as S
-from .._io import atomic_write_json
+from .. import storage
 from .transcode import AttemptFailed, EncodeSpec, RejectedInput, _die_with_parent
 from .writer import Sample, ShardWriteError, ShardWriter, _readable, iter_tar_samples, split_stats, write_index
 
@@ -105,43 +111,43 @@ def existing_shards(out_dir: str, split: str, part: Optional[int]) -> List[Tuple
     """``(index, file name)`` of the final shards of ``split`` (and ``part``), sorted."""
     rx = _shard_regex(split, part)
     found = []
-    if os.path.isdir(out_dir):
-        for name in os.listdir(out_dir):
-            m = rx.match(name)
-            if m:
-                found.append((int(m.group(1)), name))
+    for name in storage.listdir(out_dir):
+        m = rx.match(name)
+        if m:
+            found.append((int(m.group(1)), name))
     return sorted(found)
 
 
 def _cleanup_partials(out_dir: str, split: str, part: Optional[int]) -> None:
     rx = _shard_regex(split, part)
-    for path in glob.glob(os.path.join(out_dir, ".*.partial")):
-        if rx.match(os.path.basename(path)[1:-len(".partial")]):
-            os.unlink(path)
-    # an .idx whose tar never got renamed into place
+    if not storage.is_url(out_dir):   # at a URL, shards are staged in local temporary files
+        for path in glob.glob(os.path.join(out_dir, ".*.partial")):
+            if rx.match(os.path.basename(path)[1:-len(".partial")]):
+                os.unlink(path)
+    # an .idx whose tar never got renamed into place (or uploaded)
     idx_rx = re.compile(rx.pattern.replace(r"\.tar$", r"\.idx$"))
-    for name in os.listdir(out_dir):
-        if idx_rx.match(name) and not os.path.exists(os.path.join(out_dir, name[:-4] + ".tar")):
-            os.unlink(os.path.join(out_dir, name))
+    names = set(storage.listdir(out_dir))
+    for name in sorted(names):
+        if idx_rx.match(name) and name[:-4] + ".tar" not in names:
+            storage.remove(storage.join(out_dir, name))
 
 
 def _journal_path(out_dir: str, split: str, part: Optional[int]) -> str:
-    return os.path.join(out_dir, f".{S.manifest_name(part)}.{split}.rejected.jsonl")
+    return storage.join(out_dir, f".{S.manifest_name(part)}.{split}.rejected.jsonl")
 
 
 def _state_path(out_dir: str, split: str, part: Optional[int]) -> str:
-    return os.path.join(out_dir, f".{S.manifest_name(part)}.{split}.state.json")
+    return storage.join(out_dir, f".{S.manifest_name(part)}.{split}.state.json")
 
 
 def _read_journal(path: str) -> List[Dict]:
     out = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut by a crash: everything after it is redone
+    if storage.exists(path):
+        for line in storage.read_text(path).splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: everything after it is redone
     return out
 
 
@@ -154,7 +160,7 @@ def _pool(workers: int):
 def _compatible_manifest(mpath: str, classes: Sequence[str], spec: EncodeSpec) -> Optional[S.Manifest]:
     """The existing manifest at ``mpath`` (None if absent); an error when its vocabulary or
     video settings differ from this run's (all splits of a dataset share them)."""
-    if not os.path.exists(mpath):
+    if not storage.exists(mpath):
         return None
     man = S.load_manifest(mpath)
     if list(man.classes) != list(classes):
@@ -193,22 +199,23 @@ def _read_previous(out_dir: str, split: str, part_i: Optional[int], jobs: Sequen
     """Re-read the finished shards and the journal of an interrupted run (``--resume``)."""
     by_key = {j.key: j for j in jobs}
     res = _Resume(existing_shards(out_dir, split, part_i), [], [], [])
-    for _, name in res.old:
-        path = os.path.join(out_dir, name)
-        if not os.path.exists(S.index_name(path)):
+    sizes = storage.sizes([storage.join(out_dir, name) for _, name in res.old])
+    for (_, name), nbytes in zip(res.old, sizes):
+        path = storage.join(out_dir, name)
+        if not storage.exists(S.index_name(path)):
             write_index(path)
         metas = [S.parse_sample_meta(mem[S.META_EXT], where=f"{path}:{key}")
                  for key, mem in iter_tar_samples(path, members=[S.META_EXT])]
         stray = [m["key"] for m in metas if m["key"] not in by_key]
         if stray:
-            raise ValueError(f"--resume: {path} holds samples {stray[:3]} that this run does not list; "
+            raise ValueError(f"--resume: {storage.redact(path)} holds samples {stray[:3]} that this run does not list; "
                              "the folder was packed from other annotations")
         res.metas.extend(metas)
-        res.prior.append(S.ShardInfo(path=name, split=split, samples=len(metas), bytes=os.path.getsize(path),
+        res.prior.append(S.ShardInfo(path=name, split=split, samples=len(metas), bytes=nbytes,
                                      index=S.index_name(name)))
     changed = _changed_rows(res.metas, by_key)
     if changed:
-        raise ValueError(f"--resume in {out_dir}: {len(changed)} annotation row(s) changed since their samples were "
+        raise ValueError(f"--resume in {storage.redact(out_dir)}: {len(changed)} annotation row(s) changed since their samples were "
                          f"packed ({'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}): the shards hold "
                          "the old labels; pack into a new folder or pass --overwrite")
     # a rejection stands only if it was the input's fault and its row did not change since
@@ -227,25 +234,35 @@ def _start(out_dir: str, split: str, part_i: Optional[int], jobs: Sequence[Job],
     if old and not resume:
         if not overwrite:
             raise FileExistsError(
-                f"{out_dir} already holds {len(old)} '{split}' shard(s) ({old[0][1]}, ...): "
+                f"{storage.redact(out_dir)} already holds {len(old)} '{split}' shard(s) ({old[0][1]}, ...): "
                 "pass resume=True (--resume) to continue that run or overwrite=True (--overwrite) to replace it")
+        _forget_split(storage.join(out_dir, S.manifest_name(part_i)), split)
         for _, name in old:
             for p in (name, S.index_name(name)):
-                if os.path.exists(os.path.join(out_dir, p)):
-                    os.unlink(os.path.join(out_dir, p))
+                storage.remove(storage.join(out_dir, p))
     _cleanup_partials(out_dir, split, part_i)  # leftovers of an interrupted run of this split (and part)
-    if resume and os.path.exists(state_path):
-        with open(state_path, encoding="utf-8") as f:
-            prev = json.load(f)
+    if resume and storage.exists(state_path):
+        prev = storage.read_json(state_path)
         for k in ("classes", "video", "audio", "part"):
             if prev.get(k) != state[k]:
-                raise ValueError(f"--resume in {out_dir}: the interrupted run used a different {k} "
+                raise ValueError(f"--resume in {storage.redact(out_dir)}: the interrupted run used a different {k} "
                                  f"({prev.get(k)!r} vs {state[k]!r}); use the same settings or a new folder")
     res = _read_previous(out_dir, split, part_i, jobs, journal) if resume else _Resume([], [], [], [])
-    if not resume and os.path.exists(journal):
-        os.unlink(journal)
-    atomic_write_json(state_path, dict(state, finished=False))
+    if not resume:
+        storage.remove(journal)
+    storage.write_json(state_path, dict(state, finished=False))
     return res
+
+
+def _forget_split(mpath: str, split: str) -> None:
+    """Before ``--overwrite`` deletes a split's shards: drop them from the manifest first, so
+    that it never names a missing shard."""
+    if storage.exists(mpath):
+        man = S.load_manifest(mpath)
+        if any(s.split == split for s in man.shards):
+            man.shards = [s for s in man.shards if s.split != split]
+            man.splits.pop(split, None)
+            man.save(mpath)
 
 
 def _run_jobs(todo: Sequence[Job], work: Callable[[Job], Sample], writer: ShardWriter, journal: str,
@@ -256,23 +273,20 @@ def _run_jobs(todo: Sequence[Job], work: Callable[[Job], Sample], writer: ShardW
     call = _Call(work)
     try:
         results = pool.imap(call, todo, chunksize=1) if pool else map(call, todo)
-        with open(journal, "a", encoding="utf-8") as jf:
-            for res in results:
-                if isinstance(res, Rejected):
-                    rec = {"key": res.key, "source": res.source, "reason": res.reason, "retry": res.retry,
-                           "row_digest": digests.get(res.key, "")}
-                    rejected.append(rec)
-                    try:
-                        jf.write(json.dumps(rec) + "\n")
-                        jf.flush()
-                        os.fsync(jf.fileno())
-                    except OSError as e:
-                        raise ShardWriteError(journal, e, what="the rejection journal") from e
-                else:
-                    writer.write(res)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(rejected=len(rejected), refresh=False)
+        for res in results:
+            if isinstance(res, Rejected):
+                rec = {"key": res.key, "source": res.source, "reason": res.reason, "retry": res.retry,
+                       "row_digest": digests.get(res.key, "")}
+                rejected.append(rec)
+                try:
+                    storage.append_line(journal, json.dumps(rec))   # durable before the next job
+                except OSError as e:
+                    raise ShardWriteError(journal, e, what="the rejection journal") from e
+            else:
+                writer.write(res)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(rejected=len(rejected), refresh=False)
         writer.close()
     except BaseException:
         writer.abort()
@@ -302,8 +316,9 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
     if len(set(keys)) != len(keys):
         raise ValueError("job keys must be unique")
     part_i = part[0] if part else None
-    os.makedirs(out_dir, exist_ok=True)
-    _compatible_manifest(os.path.join(out_dir, S.manifest_name(part_i)), classes, spec)  # fail before any work
+    out_dir = storage.strip_credentials(out_dir)
+    storage.makedirs(out_dir)
+    _compatible_manifest(storage.join(out_dir, S.manifest_name(part_i)), classes, spec)  # fail before any work
     state = {"classes": list(classes), "video": spec.video_manifest(), "audio": spec.audio_manifest(),
              "part": list(part) if part else None, "jobs": len(jobs)}
     prev = _start(out_dir, split, part_i, jobs, state, resume=resume, overwrite=overwrite)
@@ -331,9 +346,9 @@ def write_split(out_dir: str, split: str, jobs: Sequence[Job], work: Callable[[J
                               # shards resumed from a run before digests existed have none in their .json
                               digest_ok=all(S.DIGEST_FIELD in m for m in prev.metas))
         to_retry = sum(1 for r in rejected if r.get("retry"))
-        atomic_write_json(_state_path(out_dir, split, part_i), dict(state, finished=True, to_retry=to_retry))
+        storage.write_json(_state_path(out_dir, split, part_i), dict(state, finished=True, to_retry=to_retry))
     except OSError as e:
-        raise ShardWriteError(os.path.join(out_dir, S.manifest_name(part_i)), e, what="the manifest") from e
+        raise ShardWriteError(storage.join(out_dir, S.manifest_name(part_i)), e, what="the manifest") from e
     return man
 
 
@@ -344,7 +359,7 @@ def _write_manifest(out_dir: str, split: str, part, keys: Sequence[str], metas: 
     part_i = part[0] if part else None
     order = {k: i for i, k in enumerate(keys)}
     metas.sort(key=lambda m: order.get(m["key"], 0))
-    mpath = os.path.join(out_dir, S.manifest_name(part_i))
+    mpath = storage.join(out_dir, S.manifest_name(part_i))
     man = _compatible_manifest(mpath, classes, spec) or S.Manifest(classes=list(classes))
     stats = split_stats(metas, len(classes))
     all_rejected = [dict(r, split=split) for r in pre_rejected] + [
@@ -367,7 +382,7 @@ def _write_manifest(out_dir: str, split: str, part, keys: Sequence[str], metas: 
         src["part"] = list(part)
     src.setdefault("splits", {})[split] = dict(source_info or {}, jobs=len(keys))
     man.source = src
-    man.root = os.path.abspath(out_dir)
+    man.root = storage.absolute(out_dir)
     man.save(mpath)
     _readable(mpath)
     return S.load_manifest(mpath)  # as a reader sees it (JSON types)
@@ -379,7 +394,7 @@ def split_report(man: S.Manifest, split: str, limit: int = 20) -> Tuple[List[str
     rejected --, or samples waiting for a retry), else None."""
     st = man.splits.get(split, {})
     rej = [r for r in man.rejected if r.get("split") == split]
-    lines = [f"{man.root}: {split} {st.get('samples', 0)} samples in "
+    lines = [f"{storage.redact(man.root)}: {split} {st.get('samples', 0)} samples in "
              f"{sum(1 for s in man.shards if s.split == split)} shards, {len(rej)} rejected"]
     lines += [f"  {'failed' if r.get('retry') else 'rejected'} {r['source']}: {r['reason']}" for r in rej[:limit]]
     if len(rej) > limit:
@@ -400,13 +415,14 @@ def split_report(man: S.Manifest, split: str, limit: int = 20) -> Tuple[List[str
 def _unfinished_parts(out_dir: str, n: int) -> List[str]:
     """One line per part split that was interrupted or has samples waiting for a retry."""
     out = []
+    names = storage.listdir(out_dir)
     for i in range(n):
-        for path in sorted(glob.glob(os.path.join(out_dir, f".{S.manifest_name(i)}.*.state.json"))):
-            split = os.path.basename(path)[len(S.manifest_name(i)) + 2: -len(".state.json")]
+        head = f".{S.manifest_name(i)}."
+        for name in sorted(x for x in names if x.startswith(head) and x.endswith(".state.json")):
+            split = name[len(head): -len(".state.json")]
             try:
-                with open(path, encoding="utf-8") as f:
-                    st = json.load(f)
-            except (OSError, json.JSONDecodeError):
+                st = storage.read_json(storage.join(out_dir, name))
+            except (OSError, ValueError):
                 st = {}
             if not st.get("finished"):
                 out.append(f"part {i} split {split} did not finish (interrupted, or still running): "
@@ -425,31 +441,34 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
     incomplete part), share the vocabulary and video settings, and that every shard they list
     exists; sums per-split sample and class counts; keeps the shard files where they are
     (their names carry the part)."""
-    paths = sorted(glob.glob(os.path.join(out_dir, "manifest-p[0-9][0-9][0-9][0-9].json")))
+    out_dir = storage.strip_credentials(out_dir)
+    names = storage.listdir(out_dir)
+    paths = [storage.join(out_dir, x) for x in names if re.match(r"^manifest-p\d{4}\.json$", x)]
     if not paths:
-        raise FileNotFoundError(f"{out_dir}: no part manifests (manifest-pIIII.json) to merge; "
+        raise FileNotFoundError(f"{storage.redact(out_dir)}: no part manifests (manifest-pIIII.json) to merge; "
                                 "pack with --part i/N first")
     mans = [S.load_manifest(p) for p in paths]
     totals = {tuple(m.source.get("part", (None, None)))[1] for m in mans}
     if len(totals) != 1 or None in totals:
-        raise ValueError(f"{out_dir}: part manifests disagree on the number of parts: {sorted(map(str, totals))}")
+        raise ValueError(f"{storage.redact(out_dir)}: part manifests disagree on the number of parts: {sorted(map(str, totals))}")
     n = totals.pop() if expect_parts is None else expect_parts
     have = sorted(m.source["part"][0] for m in mans)
     missing = sorted(set(range(n)) - set(have))
     problems = ([f"parts {missing} of {n} are missing (have {have}; a part writes its manifest when it finishes)"]
                 if missing else []) + _unfinished_parts(out_dir, n)
     if problems:
-        raise ValueError(f"{out_dir}: cannot merge: {'; '.join(problems)}")
+        raise ValueError(f"{storage.redact(out_dir)}: cannot merge: {'; '.join(problems)}")
     first = mans[0]
     for p, m in zip(paths, mans):
+        p = storage.redact(p)
         if m.classes != first.classes:
-            raise ValueError(f"{p}: vocabulary differs from {paths[0]}")
+            raise ValueError(f"{p}: vocabulary differs from {storage.redact(paths[0])}")
         if m.video != first.video or m.audio != first.audio:
-            raise ValueError(f"{p}: video/audio settings differ from {paths[0]}: {m.video} vs {first.video}")
+            raise ValueError(f"{p}: video/audio settings differ from {storage.redact(paths[0])}: {m.video} vs {first.video}")
         for s in m.shards:
             for f in (s.path, s.index):
-                if not os.path.exists(os.path.join(out_dir, f)):
-                    raise FileNotFoundError(f"{p} lists {f}, which is not in {out_dir}")
+                if f not in names and not storage.exists(storage.join(out_dir, f)):
+                    raise FileNotFoundError(f"{p} lists {f}, which is not in {storage.redact(out_dir)}")
     splits: Dict[str, Dict] = {}
     for m in mans:
         for name, st in m.splits.items():
@@ -465,7 +484,7 @@ def merge_parts(out_dir: str, expect_parts: Optional[int] = None) -> S.Manifest:
         audio=dict(first.audio), rejected=[r for m in mans for r in m.rejected],
         source={"merged_parts": n, "parts": [m.source for m in mans]}, members=dict(first.members),
         integrity=dict(first.integrity) if all(m.integrity == first.integrity for m in mans) else {},
-        root=os.path.abspath(out_dir))
-    merged.save(os.path.join(out_dir, S.MANIFEST_NAME))
-    _readable(os.path.join(out_dir, S.MANIFEST_NAME))
+        root=storage.absolute(out_dir))
+    merged.save(storage.join(out_dir, S.MANIFEST_NAME))
+    _readable(storage.join(out_dir, S.MANIFEST_NAME))
     return S.load_manifest(out_dir)

@@ -46,6 +46,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import shards as S
+from .. import storage
 from .packer import Job, write_split
 from .transcode import AUDIO_RATE, EncodeSpec, encode_arrays
 from .writer import Sample, make_sample
@@ -489,13 +490,12 @@ def _clear_dataset(out_dir: str) -> None:
     """Remove a previous dataset's files (manifests, shards, indexes, resume state) from ``out_dir``."""
     import re
 
-    if not os.path.isdir(out_dir):
-        return
     rx = re.compile(r"^(manifest(-p\d{4})?\.json|(train|val|test)(-p\d{4})?-\d{6}\.(tar|idx)|"
                     r"\.manifest.*\.(jsonl|json)|\..*\.partial)$")
-    for name in os.listdir(out_dir):
+    names = storage.listdir(out_dir)   # the manifest goes first: it never names a missing shard
+    for name in sorted(names, key=lambda n: not n.startswith("manifest")):
         if rx.match(name):
-            os.unlink(os.path.join(out_dir, name))
+            storage.remove(storage.join(out_dir, name))
 
 
 def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]) -> Optional[S.Manifest]:
@@ -516,7 +516,9 @@ def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]
         if not src or src.get("config") != json.loads(json.dumps(info["config"])) or man.num_samples(split) + \
                 man.splits.get(split, {}).get("rejected", 0) != n:
             return None
-        if not all(os.path.exists(p) for p in man.shard_paths(split)):
+        try:
+            storage.sizes(man.shard_paths(split))
+        except FileNotFoundError:
             return None
     return man
 

@@ -3,7 +3,9 @@
 A shard is written under a hidden temporary name in the dataset folder and renamed to its
 final name only once it is complete and fsynced; its ``.idx`` is written (atomically) just
 before that rename. So a final ``*.tar`` is always whole, and ``--resume`` trusts exactly the
-final tars. Member order within a sample is fixed (``mp4, json, ids, flac|wav, gt.npz``) and
+final tars. For a dataset at a URL (``s3://``, ``gs://``) the shard is staged in a local
+temporary file (``TMPDIR``), and publishing is the upload of its ``.idx`` and then of the tar
+to their final names (an object PUT is atomic: :func:`mmit_fast.storage.publish`). Member order within a sample is fixed (``mp4, json, ids, flac|wav, gt.npz``) and
 every header is deterministic (mtime 0, uid/gid 0, mode 0444), so the same input packs to
 byte-identical shards.
 
@@ -22,13 +24,14 @@ import errno
 import io
 import os
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import shards as S
-from .._io import atomic_write_text
+from .. import storage
 
 IDX_VERSION = "v1.2"
 BLOCK = 512
@@ -57,6 +60,8 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def _readable(path: str) -> None:
     """Atomic writes create 0600 files; datasets are shared: make them 0644 (as umask allows)."""
+    if storage.is_url(path):
+        return   # an object store has no modes
     mask = os.umask(0)
     os.umask(mask)
     try:
@@ -95,30 +100,54 @@ def index_entries_of_tar(tar_path: str) -> List[List[Tuple[str, int, int, str]]]
     return out
 
 
-def write_index(tar_path: str, idx_path: Optional[str] = None) -> str:
-    """(Re)build the DALI ``.idx`` of a finished tar (atomically); returns its path."""
+def write_index(tar_path: str, idx_path: Optional[str] = None, entries=None) -> str:
+    """(Re)build the DALI ``.idx`` of a finished tar (atomically); returns its path. A shard
+    at a URL is read whole (into a temporary file) unless ``entries`` are given."""
     idx_path = idx_path or S.index_name(tar_path)
-    entries = index_entries_of_tar(tar_path)
+    if entries is None:
+        with local_copy(tar_path) as local:
+            entries = index_entries_of_tar(local)
     if not entries:
-        raise S.ShardFormatError(f"{tar_path}: no samples, cannot index an empty shard")
-    atomic_write_text(idx_path, format_index(entries))
+        raise S.ShardFormatError(f"{storage.redact(tar_path)}: no samples, cannot index an empty shard")
+    storage.write_text(idx_path, format_index(entries))
     _readable(idx_path)
     return idx_path
 
 
+class local_copy:
+    """``with local_copy(path) as p``: ``path`` itself when local, else a temporary copy of
+    the URL's bytes (removed on exit)."""
+
+    def __init__(self, path: str):
+        self.path, self.tmp = path, None
+
+    def __enter__(self) -> str:
+        if not storage.is_url(self.path):
+            return self.path
+        fd, self.tmp = tempfile.mkstemp(prefix=".mmit-", suffix="-" + storage.basename(self.path))
+        os.close(fd)
+        storage.download(self.path, self.tmp)
+        return self.tmp
+
+    def __exit__(self, *exc):
+        if self.tmp and os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
 def read_index(idx_path: str) -> List[List[Tuple[str, int, int, str]]]:
-    with open(idx_path, encoding="utf-8") as f:
-        head = f.readline().split()
-        if len(head) != 2 or head[0] != IDX_VERSION:
-            raise S.ShardFormatError(f"{idx_path}: not a {IDX_VERSION} DALI index (first line {' '.join(head)!r})")
-        out = []
-        for line in f:
-            parts = line.split()
-            if len(parts) % 4:
-                raise S.ShardFormatError(f"{idx_path}: malformed line {line.strip()!r}")
-            out.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
+    where = storage.redact(idx_path)
+    lines = storage.read_text(idx_path).splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != IDX_VERSION:
+        raise S.ShardFormatError(f"{where}: not a {IDX_VERSION} DALI index (first line {' '.join(head)!r})")
+    out = []
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) % 4:
+            raise S.ShardFormatError(f"{where}: malformed line {line.strip()!r}")
+        out.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
     if len(out) != int(head[1]):
-        raise S.ShardFormatError(f"{idx_path}: header says {head[1]} samples, has {len(out)} lines")
+        raise S.ShardFormatError(f"{where}: header says {head[1]} samples, has {len(out)} lines")
     return out
 
 
@@ -178,7 +207,7 @@ class ShardWriteError(RuntimeError):
     def __init__(self, path: str, err: OSError, what: str = "shard"):
         cause = _WRITE_CAUSES.get(err.errno) or (err.strerror or str(err))
         code = errno.errorcode.get(err.errno, "") if err.errno else ""
-        super().__init__(f"cannot write {what} {path}: {cause}{f' [{code}]' if code else ''}; "
+        super().__init__(f"cannot write {what} {storage.redact(path)}: {cause}{f' [{code}]' if code else ''}; "
                          "the shards finished before it are kept: fix this, then run again with --resume")
         self.path = path
         self.errno = err.errno
@@ -209,13 +238,17 @@ class ShardWriter:
         self._entries: List[List[Tuple[str, int, int, str]]] = []
         self._metas: List[Dict] = []
         self._keys = set()
-        os.makedirs(out_dir, exist_ok=True)
+        storage.makedirs(out_dir)
 
     # -- internals -------------------------------------------------------------
     def _open(self):
         self._name = S.shard_name(self.split, self.next_index, self.part)
         self.next_index += 1
-        self._tmp = os.path.join(self.out_dir, f".{self._name}.partial")
+        if storage.is_url(self.out_dir):   # staged locally, uploaded when finished
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self._name}.", suffix=".partial")
+            os.close(fd)
+        else:
+            self._tmp = os.path.join(self.out_dir, f".{self._name}.partial")
         self._fh = open(self._tmp, "wb")
         self._tf = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.GNU_FORMAT)
         self._entries, self._metas = [], []
@@ -227,13 +260,14 @@ class ShardWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        final = os.path.join(self.out_dir, self._name)
+        final = storage.join(self.out_dir, self._name)
         idx = S.index_name(final)
-        atomic_write_text(idx, format_index(self._entries))
+        nbytes = os.path.getsize(self._tmp)
+        storage.write_text(idx, format_index(self._entries))
         _readable(idx)
-        os.replace(self._tmp, final)
+        storage.publish(self._tmp, final)   # local: rename; object store: upload (after its .idx)
         info = S.ShardInfo(path=self._name, split=self.split, samples=len(self._entries),
-                           bytes=os.path.getsize(final), index=os.path.basename(idx))
+                           bytes=nbytes, index=storage.basename(idx))
         self.shards.append(info)
         if self.on_shard:
             self.on_shard(info, self._metas)
@@ -241,7 +275,7 @@ class ShardWriter:
 
     # -- API -------------------------------------------------------------------
     def _where(self) -> str:
-        return os.path.join(self.out_dir, self._name or S.shard_name(self.split, self.next_index, self.part))
+        return storage.join(self.out_dir, self._name or S.shard_name(self.split, self.next_index, self.part))
 
     def write(self, sample: Sample) -> None:
         """Append ``sample`` (a :class:`ShardWriteError` when the disk refuses)."""
@@ -302,7 +336,12 @@ class ShardWriter:
 
 # --------------------------------------------------------------------------- reading back
 def iter_tar_samples(tar_path: str, members: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Yield ``(key, {ext: bytes})`` for each sample of a tar (consecutive members with one key)."""
+    """Yield ``(key, {ext: bytes})`` for each sample of a tar (consecutive members with one key).
+    A shard at a URL is read through its ``.idx``: one range request per sample (32 at a time),
+    holding only the members asked for (the whole shard when it has no index)."""
+    if storage.is_url(tar_path):
+        yield from _iter_remote_samples(tar_path, members)
+        return
     cur, buf = None, {}
     with tarfile.open(tar_path, "r:") as tf:
         for m in tf:
@@ -317,6 +356,23 @@ def iter_tar_samples(tar_path: str, members: Optional[Sequence[str]] = None) -> 
                 buf[ext] = tf.extractfile(m).read()
     if cur is not None:
         yield cur, buf
+
+
+def _iter_remote_samples(url: str, members: Optional[Sequence[str]]) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    try:
+        entries = read_index(S.index_name(url))
+    except FileNotFoundError:   # no index: the whole shard, once
+        with local_copy(url) as local:
+            yield from iter_tar_samples(local, members)
+        return
+    for lo in range(0, len(entries), 32):
+        chunk = entries[lo: lo + 32]
+        want = [[e for e in sample if members is None or e[0] in members] or sample[:1] for sample in chunk]
+        spans = [(min(e[1] for e in w), max(e[1] + e[2] for e in w)) for w in want]
+        for sample, w, (a, _), data in zip(chunk, want, spans, storage.read_ranges(url, spans)):
+            key = split_member_name(sample[0][3])[0]
+            yield key, {ext: data[off - a: off - a + size] for ext, off, size, _ in w
+                        if members is None or ext in members}
 
 
 def split_stats(metas: Sequence[Dict], num_classes: int) -> Dict:
