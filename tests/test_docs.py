@@ -4,7 +4,9 @@ and the docs site builds with ``mkdocs build --strict``.
 An example is a fenced ``bash`` or ``python`` block directly under an HTML comment
 ``<!-- example -->`` (``<!-- example gpu -->``: needs CUDA, skipped without it;
 ``<!-- example timeout=N -->``: its own limit in seconds, default 240). The comment is invisible
-on GitHub and on the site. A document's examples run in order, in one scratch folder that
+on GitHub and on the site. Every ``bash``/``python`` block is an example, unless it sits under
+``<!-- not-run: REASON -->`` (a recipe that needs the internet, a cluster or several machines):
+the reason is required, so that nothing goes unrun by accident. A document's examples run in order, in one scratch folder that
 holds links to the clone's top-level entries (``benchmarks/``, ``configs/``, ...): a user runs them from the
 clone's root after the README's first command installed the package, and each document's
 examples build on the ones above them, never on another document's.
@@ -24,6 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 MARK = re.compile(r"^<!--\s*example(?P<opts>[^>]*)-->\s*$")
+NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<why>\S.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
 DEFAULT_TIMEOUT = 240
 
@@ -109,6 +112,29 @@ def test_examples_run(doc, tmp_path):
         ran += 1
     if ran == 0:
         pytest.skip(f"{doc.relative_to(REPO)}: every example needs a GPU")
+
+
+def unmarked_blocks(path: Path) -> list[str]:
+    """``file:line`` of each ``bash``/``python`` block that is neither an example nor not-run with a reason."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out, inside = [], False
+    for i, line in enumerate(lines):
+        if inside:
+            inside = line.strip() != "```"
+            continue
+        m = FENCE.match(line)
+        if not m:
+            continue
+        inside = True
+        prev = lines[i - 1].strip() if i else ""
+        if m.group("lang") in ("bash", "python", "sh", "shell", "console") and not (MARK.match(prev) or NOT_RUN.match(prev)):
+            out.append(f"{path.relative_to(REPO)}:{i + 1}")
+    return out
+
+
+def test_every_code_block_runs_or_says_why_not():
+    bad = [w for d in DOCS for w in unmarked_blocks(d)]
+    assert not bad, "code blocks neither marked <!-- example --> nor <!-- not-run: reason -->: " + ", ".join(bad)
 
 
 def test_every_guide_is_on_the_site():
