@@ -43,7 +43,7 @@ def load():
     if "pytorch_grad_cam" in sys.modules:
         return sys.modules["pytorch_grad_cam"]
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (does it import? see the module docstring)
     except ImportError:
         pass
     except Exception as e:   # installed but broken: see the module docstring

@@ -106,7 +106,7 @@ def dissection(checkpoint: str, work: str) -> dict:
             "action_units": len(act), "link_top1": top1, "link_top3": top3}
 
 
-def _figure_rows(maps, item, names, cls):
+def _figure_rows(maps, names, cls):
     """mCAM row (heat = max of the separated own maps, owner = their argmax) and one CAM row per class."""
     import torch
 
@@ -126,8 +126,7 @@ def _figure_rows(maps, item, names, cls):
 def localisation(checkpoint: str, work: str, fig_dir: str, n_fig: int = 3, limit=None) -> dict:
     """Scores of every method on the test and val clips (the peer column included), and the
     figure strips of the first ``n_fig`` test clips with two or more actors."""
-    from _gradcam_peer import NOTE, peer_gradcam  # noqa: F401  (imported here: only this step needs it)
-    import _gradcam_peer
+    import _gradcam_peer   # only this step needs the peer
 
     from mmit_fast.interpret import render
     from mmit_fast.interpret.score import score_checkpoint
@@ -141,7 +140,7 @@ def localisation(checkpoint: str, work: str, fig_dir: str, n_fig: int = 3, limit
         if len(figs) >= n_fig or len(actors) < 2:
             return
         cls = [names.index(str(item.gt["classes"][item.gt["actor_action"][a]])) for a in actors]
-        img = render.comparison_strip(item.frames, _figure_rows(maps, item, names, cls), item.gt["boxes"][actors])
+        img = render.comparison_strip(item.frames, _figure_rows(maps, names, cls), item.gt["boxes"][actors])
         figs.append(render.save_png(os.path.join(fig_dir, f"interp_mcam_{len(figs) + 1}.png"), img))
 
     data = os.path.join(work, "data")

@@ -181,7 +181,10 @@ def read_image(folder: str, name: str) -> tuple:
     """``(bytes, None)`` for an image file ``name`` inside ``folder``, else ``(None, why)``: the path
     must resolve (symlinks followed) inside ``folder`` and the file must start with image magic bytes."""
     base = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(folder, name))
+    try:
+        path = os.path.realpath(os.path.join(folder, name))
+    except (ValueError, OSError):   # e.g. an embedded NUL byte
+        return None, f"{name!r}: not a usable file name, not embedded"
     if os.path.commonpath([base, path]) != base:
         return None, f"{name}: outside {folder}, not embedded"
     if not os.path.isfile(path):

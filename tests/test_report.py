@@ -241,7 +241,7 @@ def make_hostile_run(root, secret):
     (cam / "ok.jpg").write_bytes(_jpeg_bytes())
     recs = [{"key": f"k{i}", "png": p, "truth": [ONERROR], "pred": [[SCRIPT, 0.9], ["x", "<b>"]]}
             for i, p in enumerate(["../../" + os.path.relpath(secret, "/"), str(secret), "link.png", "fake.png",
-                                   "clip0.png", "ok.jpg"])]
+                                   "clip0.png", "ok.jpg", "a\x00b.png"])]
     recs[4]["key"] = SCRIPT
     json.dump({"records": recs, "skipped": []}, open(cam / "cams.json", "w"))
     json.dump({"layers": {"layer4": {"units": SCRIPT, "interpretable": 3, "per_category": {"object": SCRIPT, ONERROR: 2},
@@ -270,7 +270,8 @@ def test_hostile_run_folder_embeds_no_foreign_file_and_no_markup(tmp_path):
     # curves, per-class AP, the two images inside cam/ (clip0.png, ok.jpg), fig7; nothing else
     assert [s.split(";")[0] for s in srcs] == ["data:image/png"] * 2 + ["data:image/png", "data:image/jpeg",
                                                                       "data:image/png"]
-    for why in ("outside", "link.png: outside", "fake.png: not a PNG, JPEG or GIF image", "fig9_evil.png: outside"):
+    for why in ("outside", "link.png: outside", "fake.png: not a PNG, JPEG or GIF image", "fig9_evil.png: outside",
+                "not a usable file name"):
         assert why in page, why
 
     class Tags(HTMLParser):

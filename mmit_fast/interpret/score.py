@@ -59,9 +59,9 @@ def _grid_maps(model, x: torch.Tensor, ids: torch.Tensor, boxes: np.ndarray, rng
 
 
 def score_clip(model, x: torch.Tensor, ids: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
-               peer: Optional[Callable] = None) -> Dict[str, np.ndarray]:
-    """All methods' maps [n, T, H, W] for one clip ``x`` [1, 3, T, H, W], classes ``ids`` [1, n]
-    and the actors' boxes [n, T, 4] (for the ceiling)."""
+               peer: Optional[Callable] = None):
+    """``(maps, grid)``: all methods' maps [n, T, H, W] for one clip ``x`` [1, 3, T, H, W], classes
+    ``ids`` [1, n] and the actors' boxes [n, T, 4] (for the ceiling); ``grid`` the model's (T', h, w)."""
     size = tuple(x.shape[2:])
     res = mcam(model, x, class_ids=ids)
     own = (res.owner[0][None] == torch.arange(ids.shape[1], device=x.device).view(-1, 1, 1, 1))
@@ -76,8 +76,7 @@ def score_clip(model, x: torch.Tensor, ids: torch.Tensor, boxes: np.ndarray, rng
         maps["peer"] = np.asarray(peer(model, x, ids), dtype=np.float32)
     maps["random map"], maps["ceiling"], grid = _grid_maps(model, x, ids, boxes, rng)
     maps["centre prior"] = np.stack([centre_prior(*size)] * ids.shape[1])
-    maps["_grid"] = np.asarray(grid)
-    return maps
+    return maps, [int(v) for v in grid]
 
 
 def _actors(gt, names: List[str], where: str):
@@ -113,8 +112,8 @@ def score_checkpoint(checkpoint: str, sources: Sequence[str] | str, *, limit: Op
                 continue
             boxes, vis = item.gt["boxes"][actors], item.gt["visible"][actors]
             x = to_input(item.frames, mean, std, dev)
-            maps = score_clip(model, x, torch.tensor([cls], device=dev), boxes, rng, peer)
-            grid, tol = [int(v) for v in maps.pop("_grid")], P.tolerance(x.shape[-1])
+            maps, grid = score_clip(model, x, torch.tensor([cls], device=dev), boxes, rng, peer)
+            tol = P.tolerance(x.shape[-1])
             multi = len(set(cls)) >= 2
             clips, pairs, multi_pairs = clips + 1, pairs + len(actors), multi_pairs + (len(actors) if multi else 0)
             for meth, m in maps.items():

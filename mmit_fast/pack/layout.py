@@ -35,7 +35,7 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 __all__ = ["LAYOUTS", "ANYWHERE_MOTION", "ANYWHERE_SCALE", "ANYWHERE_FALL", "centre_positions",
-           "trajectory_extent", "place_anywhere", "box_gap"]
+           "trajectory_extent", "extents_of", "place_anywhere", "box_gap"]
 
 LAYOUTS = ("centre", "anywhere")
 ANYWHERE_MOTION = 0.6      # motion amplitude relative to the centre layout
