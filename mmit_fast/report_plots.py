@@ -26,6 +26,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _text(s) -> str:
+    """A string from data as plot text: ``$`` escaped, so a class name is never read as mathtext."""
+    return str(s).replace("$", r"\$")
+
+
 def _col(rows: List[Dict[str, str]], key: str) -> np.ndarray:
     """A numeric column of CSV rows; blanks and non-numbers become NaN."""
     out = []
@@ -80,7 +85,7 @@ def per_class_ap_png(names: Sequence[str], ap: Sequence[float], eval_pos: Sequen
                      train_counts: Optional[Sequence[int]] = None) -> bytes:
     """Horizontal bars of per-class AP, sorted best first; each label carries the class's
     positives in the evaluated split (and its training count when known). Classes without a
-    positive (AP undefined) are listed last with an empty bar."""
+    positive (AP undefined) are listed last, marked "no positives" (no bar)."""
     plt = _plt()
     ap = np.asarray(ap, dtype=np.float64)
     order = sorted(range(len(names)), key=lambda i: (np.isnan(ap[i]), -np.nan_to_num(ap[i])))
@@ -89,12 +94,15 @@ def per_class_ap_png(names: Sequence[str], ap: Sequence[float], eval_pos: Sequen
         freq = f"eval {int(eval_pos[i])}"
         if train_counts is not None:
             freq = f"train {int(train_counts[i])}, " + freq
-        labels.append(f"{names[i]} ({freq})")
+        labels.append(f"{_text(names[i])} ({freq})")
     h = max(2.5, 0.24 * len(order) + 0.8)
     fig, ax = plt.subplots(figsize=(8, h))
     vals = [100 * np.nan_to_num(ap[i]) for i in order]
     colors = ["#bdc3c7" if np.isnan(ap[i]) else "#c0392b" for i in order]
     ax.barh(range(len(order)), vals, color=colors)
+    for row, i in enumerate(order):
+        if np.isnan(ap[i]):
+            ax.text(1, row, "no positives in this split", va="center", fontsize=8, color="#666666")
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()

@@ -142,7 +142,7 @@ def test_resnet2d_matches_torchvision_layout():
     assert sd["layer2.0.conv2.weight"].shape == (128, 128, 3, 3)  # v1.5: stride on the 3x3 conv
     try:
         import torchvision  # noqa: F401  (optional: a direct comparison when it is installed)
-    except ImportError:
+    except Exception:  # absent, or a CUDA build whose compiled ops do not load next to a CPU torch
         return
     tv = torchvision.models.resnet50()
     assert {k: tuple(v.shape) for k, v in tv.state_dict().items()} == {k: tuple(v.shape) for k, v in sd.items()}
@@ -383,3 +383,23 @@ def test_to_channels_last_every_model():
     assert to_channels_last(i3d).conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
     tsm, _ = _make("tsm")
     assert to_channels_last(tsm).conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_i3d_last_stride_1_is_the_dilated_net_of_stride_2():
+    """``last_stride=1`` (dilated layer4) computes the stride-2 net's maps at every position: with
+    the same weights, its maps sampled at even positions equal the stride-2 maps (the "a trous"
+    identity: a stride-2 conv is the stride-1 conv subsampled; a conv dilated by 2 on the full map,
+    subsampled, is the undilated conv on the subsampled map, zero padding included)."""
+    torch.manual_seed(0)
+    a = create_model("i3d", C, depth=18, width=4, conv1_t=1).double().eval()
+    _randomize_bn_(a)
+    b = create_model("i3d", C, depth=18, width=4, conv1_t=1, last_stride=1).double().eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 4, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        fa, fb = a.features(x), b.features(x)
+    assert fa.shape[-2:] == (2, 2) and fb.shape[-2:] == (4, 4)
+    torch.testing.assert_close(fb[..., ::2, ::2], fa, rtol=1e-10, atol=1e-10)
+    assert b.layer4[1].conv1.dilation == (1, 2, 2) and b.layer4[0].conv1.dilation == (1, 1, 1)
+    with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
+        create_model("i3d", C, depth=18, width=4, last_stride=3)

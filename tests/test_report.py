@@ -32,7 +32,7 @@ def _png_bytes(w=64, h=32, color=(200, 30, 30)):
     return buf.getvalue()
 
 
-def make_run(root, *, cam=True, dissect=True):
+def make_run(root, *, cam=True, dissect=True, classes=CLASSES):
     """A demo-like folder: root/train (config, CSVs, summary, eval/) + root/cam + root/dissect."""
     train = root / "train"
     ev = train / "eval"
@@ -57,7 +57,7 @@ def make_run(root, *, cam=True, dissect=True):
     for split in ("val", "test"):
         m = evaluate(s, y)
         m["chance"] = chance_metrics(y)
-        write_outputs(str(ev), split, m, CLASSES, y.astype(np.float32), [f"k{i}" for i in range(60)], s.astype(np.float32),
+        write_outputs(str(ev), split, m, classes, y.astype(np.float32), [f"k{i}" for i in range(60)], s.astype(np.float32),
                       table_row("I3D-R18", "wLSEP", m), {"model": "I3D-R18", "loss": "wLSEP", "chance": m["chance"]})
     if cam:
         (root / "cam").mkdir()
@@ -222,3 +222,161 @@ def test_report_in_headless_chromium(tmp_path):
     im = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert im.shape == (1600, 1200)
     assert im.std() > 10 and (im < 128).mean() > 0.005   # text and plots, not a blank page
+
+
+# --------------------------------------------------------------------------- a stranger's run folder
+SCRIPT = "<script>document.body.setAttribute('data-pwned','1')</script>"
+ONERROR = "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">"
+
+
+def make_hostile_run(root, secret):
+    """A run folder doctored to leak a file and run scripts: cams.json naming a file outside the
+    folder (relative and absolute), a symlink out of it, a text file called .png; markup in every
+    string the page shows; class names with mathtext."""
+    classes = [f"action_{i}" for i in range(6)] + [r"a$\foo{$b", ONERROR]
+    make_run(root, classes=classes)
+    cam = root / "cam"
+    (cam / "link.png").symlink_to(secret)
+    (cam / "fake.png").write_text("not an image")
+    (cam / "ok.jpg").write_bytes(_jpeg_bytes())
+    recs = [{"key": f"k{i}", "png": p, "truth": [ONERROR], "pred": [[SCRIPT, 0.9], ["x", "<b>"]]}
+            for i, p in enumerate(["../../" + os.path.relpath(secret, "/"), str(secret), "link.png", "fake.png",
+                                   "clip0.png", "ok.jpg", "a\x00b.png"])]
+    recs[4]["key"] = SCRIPT
+    json.dump({"records": recs, "skipped": []}, open(cam / "cams.json", "w"))
+    json.dump({"layers": {"layer4": {"units": SCRIPT, "interpretable": 3, "per_category": {"object": SCRIPT, ONERROR: 2},
+                                     "units_per_concept": {SCRIPT: ONERROR}}}, "images": SCRIPT},
+              open(root / "dissect" / "summary.json", "w"))
+    (root / "dissect" / "fig9_evil.png").symlink_to(secret)
+    return classes
+
+
+def _jpeg_bytes():
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (10, 200, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_hostile_run_folder_embeds_no_foreign_file_and_no_markup(tmp_path):
+    from html.parser import HTMLParser
+
+    secret = tmp_path / "private.txt"
+    secret.write_text("SECRET-TOKEN-42")
+    run = tmp_path / "run"
+    classes = make_hostile_run(run, secret)
+    page = open(report.build_report(str(run), gallery=10)).read()
+    assert "SECRET-TOKEN-42" not in page and base64.b64encode(b"SECRET-TOKEN-42").decode()[:12] not in page
+    srcs = img_sources(page)
+    # curves, per-class AP, the two images inside cam/ (clip0.png, ok.jpg), fig7; nothing else
+    assert [s.split(";")[0] for s in srcs] == ["data:image/png"] * 2 + ["data:image/png", "data:image/jpeg",
+                                                                      "data:image/png"]
+    for why in ("outside", "link.png: outside", "fake.png: not a PNG, JPEG or GIF image", "fig9_evil.png: outside",
+                "not a usable file name"):
+        assert why in page, why
+
+    class Tags(HTMLParser):
+        found = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, [a for a, _ in attrs]))
+
+    t = Tags()
+    t.feed(page)
+    assert not [tag for tag, _ in t.found if tag == "script"]
+    assert not [a for _, attrs in t.found for a in attrs if a.startswith("on")]
+    assert html_escaped(SCRIPT) in page and html_escaped(ONERROR) in page
+    assert classes[6] == r"a$\foo{$b"      # the mathtext name was plotted as text (no error above)
+
+
+def html_escaped(s):
+    import html
+
+    return html.escape(s)
+
+
+def test_class_names_are_text_not_mathtext(monkeypatch):
+    """A class name with dollar signs reaches matplotlib escaped (no mathtext parse), and a class
+    without positives is marked "no positives", not drawn as a zero-length bar."""
+    import matplotlib.axes
+
+    from mmit_fast import report_plots
+
+    texts = []
+    orig = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, s, *a, **k: texts.append((x, y, s))
+                        or orig(self, x, y, s, *a, **k))
+    png = report_plots.per_class_ap_png([r"a$\foo{$b", "b", "c"], [0.5, float("nan"), 0.25], [3, 0, 2])
+    assert png.startswith(b"\x89PNG")
+    assert texts == [(1, 2, "no positives in this split")]     # sorted: a (0.5), c (0.25), then b (no AP)
+    assert report_plots._text(r"a$\foo{$b") == r"a\$\foo{\$b"
+
+
+def test_dissection_figures_share_one_colour_per_category(tmp_path):
+    """Fig. 7 (grouped bars) and Fig. 9 (bars) paint each category in the same colour, with a legend."""
+    from mmit_fast.interpret import render
+
+    def colours(path):
+        a = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+        return {tuple(c) for c in np.unique(a, axis=0)}
+
+    def rgb(h):
+        return tuple(int(h[i:i + 2], 16) for i in (1, 3, 5))
+
+    f7 = render.grouped_bar_chart(str(tmp_path / "f7.png"), ["layer1", "layer2"],
+                                  {"color": [5, 2], "object": [1, 4]}, title="t", ylabel="units")
+    f9 = render.bar_chart(str(tmp_path / "f9.png"), ["red-c", "square"], [3, 2], title="t", ylabel="units",
+                          colors=[render.CATEGORY_COLORS["color"], render.CATEGORY_COLORS["object"]],
+                          legend={"color": render.CATEGORY_COLORS["color"], "object": render.CATEGORY_COLORS["object"]})
+    for f in (f7, f9):
+        c = colours(f)
+        assert rgb(render.CATEGORY_COLORS["color"]) in c and rgb(render.CATEGORY_COLORS["object"]) in c
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (.ci/run installs it: apt-get install -y chromium)")
+def test_hostile_page_runs_no_script_in_headless_chromium(tmp_path):
+    secret = tmp_path / "private.txt"
+    secret.write_text("SECRET-TOKEN-42")
+    run = tmp_path / "run"
+    make_hostile_run(run, secret)
+    out = report.build_report(str(run), gallery=10)
+    dom = _run_chromium(_chromium(), tmp_path, "--dump-dom", f"file://{out}").stdout
+    assert "<body" in dom and "mmit report" in dom
+    assert 'data-pwned="1"' not in dom and 'data-pwned="2"' not in dom
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (.ci/run installs it: apt-get install -y chromium)")
+def test_report_pictures_legible_at_page_width_in_chromium(tmp_path):
+    """Screenshot test: at a 1200 px window the mCAM strips (rows of 4 frames of 112 px at scale 2,
+    as mmit cam draws them) and the dissection figures are shown at their own size (not shrunk),
+    one per row; the page is not blank."""
+    from mmit_fast.interpret import render
+
+    make_run(tmp_path)
+    frames = np.full((8, 112, 112, 3), 128, np.uint8)
+    heat = np.zeros((8, 112, 112), np.float32)
+    heat[:, 20:60, 20:60] = 1
+    strip = render.clip_strip(frames, heat, np.where(heat > 0, 0, -1), ["moving_left"])
+    render.save_png(str(tmp_path / "cam" / "clip0.png"), strip)
+    render.grouped_bar_chart(str(tmp_path / "dissect" / "fig7_blockwise.png"), ["layer1", "layer2"],
+                             {"color": [5, 2], "object": [1, 4]}, title="t", ylabel="units")
+    out = report.build_report(str(tmp_path))
+    probe = open(out).read().replace("</body>", "<script>window.addEventListener('load',()=>{const r=[...document."
+                                     "images].map(i=>(i.getBoundingClientRect().width/i.naturalWidth).toFixed(3)+':'+i.alt"
+                                     ");document.body.setAttribute('data-scales',r.join('|'));});</script></body>")
+    (tmp_path / "probe.html").write_text(probe)
+    dom = _run_chromium(_chromium(), tmp_path, "--window-size=1200,1600", "--dump-dom",
+                        f"file://{tmp_path / 'probe.html'}").stdout
+    scales = dict(reversed(s.split(":", 1)) for s in re.search(r'data-scales="([^"]*)"', dom).group(1).split("|"))
+    assert strip.shape[1] < 1100 and float(scales["clip0"]) == 1.0, scales
+    assert float(scales["fig7_blockwise.png"]) == 1.0, scales
+    shot = tmp_path / "shot.png"
+    _run_chromium(_chromium(), tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", f"file://{out}")
+    im = np.asarray(Image.open(shot).convert("RGB"))
+    assert im.shape[:2] == (3000, 1200) and im.std() > 10
+    # the strip's red mCAM overlay is on screen at its own size: a run of >= 70 red pixels in one row
+    red = (im[..., 0] > 200) & (im[..., 1] < 90) & (im[..., 2] < 90)
+    def longest_run(row):
+        edges = np.flatnonzero(np.diff(np.r_[0, row, 0]))
+        return int((edges[1::2] - edges[::2]).max(initial=0))
+
+    assert max(longest_run(r) for r in red.astype(int)) >= 70

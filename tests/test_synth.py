@@ -270,3 +270,90 @@ def test_cli_synth(tmp_path, capsys):
     assert man.video["codec"] == "vp9" and man.video["short_side"] == 48
     assert sorted(n for n in os.listdir(tmp_path / "d") if not n.startswith(".")) == [
         "manifest.json", "notes.txt", "train-000000.idx", "train-000000.tar", "val-000000.idx", "val-000000.tar"]
+
+
+# --------------------------------------------------------------------------- the "anywhere" layout
+def _box_centres(cfg, n):
+    cs = []
+    for i in range(n):
+        b = render_video(cfg, i)["gt"]["boxes"]
+        ok = b[..., 2] > b[..., 0]
+        cs.append(((b[..., 0] + b[..., 2]) / 2 / cfg.size)[ok])
+        cs.append(((b[..., 1] + b[..., 3]) / 2 / cfg.size)[ok])
+    return np.concatenate(cs)
+
+
+def test_anywhere_layout_boxes_match_the_rendered_frames():
+    """Every actor is wholly inside the frame in every frame, actors of a clip do not overlap, and
+    each box is exactly the bounding box of the pixels the actor changed in the rendered frame
+    (the frame compared with its background, re-rendered from the video's own seed)."""
+    from mmit_fast.pack.synth import _background
+
+    cfg = SynthConfig(size=64, fps=8, seconds=1.0, seed=11, layout="anywhere", action_count_probs=(0, 0.5, 0.5))
+    checked = multi = 0
+    for i in range(12):
+        v, r = _sample_video(cfg, i), render_video(cfg, i)
+        bg = np.clip(_background(v["scene"], cfg.size, v["bg_seed"]) + 0.5, 0, 255).astype(np.uint8)
+        boxes, vis, amap = r["gt"]["boxes"], r["gt"]["visible"], r["gt"]["actor_map"]
+        A = boxes.shape[0]
+        multi += A >= 2
+        for t in range(boxes.shape[1]):
+            changed = (r["frames"][t] != bg).any(-1)
+            for a in range(A):
+                x0, y0, x1, y1 = boxes[a, t].astype(int)
+                assert 1 <= x0 < x1 <= cfg.size - 1 and 1 <= y0 < y1 <= cfg.size - 1, (i, a, t, boxes[a, t])
+                for o in range(a + 1, A):   # actors of one clip stand apart
+                    p = boxes[o, t]
+                    assert min(x1, p[2]) <= max(x0, p[0]) or min(y1, p[3]) <= max(y0, p[1]), (i, a, o, t)
+                if not vis[a, t]:
+                    continue
+                ys, xs = np.nonzero(amap[t] == a + 1)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+                own = np.zeros_like(changed)
+                own[y0:y1, x0:x1] = True
+                cy, cx = np.nonzero(changed & own)
+                assert (cx.min(), cy.min(), cx.max() + 1, cy.max() + 1) == (x0, y0, x1, y1), (i, a, t)
+                checked += 1
+            inside = np.zeros_like(changed)
+            for a in range(A):
+                x0, y0, x1, y1 = boxes[a, t].astype(int)
+                inside[y0:y1, x0:x1] = True
+            assert not (changed & ~inside).any()   # nothing drawn outside the boxes
+    assert checked > 100 and multi >= 10
+
+
+def test_anywhere_layout_spreads_actors_over_the_frame():
+    """Box centres per frame: the centre layout keeps them in the middle, "anywhere" spreads them
+    (share of centre coordinates, x and y, more than 1/6 of the side from the middle; uniform over
+    the part of the frame a 0.1-radius actor can use gives 0.57)."""
+    kw = dict(size=64, fps=8, seconds=1.0, seed=2, action_count_probs=(0.3, 0.4, 0.3))
+    far = {lay: float((np.abs(_box_centres(SynthConfig(layout=lay, **kw), 40) - 0.5) > 1 / 6).mean())
+           for lay in ("centre", "anywhere")}
+    assert far["centre"] < 0.4 < 0.5 < far["anywhere"], far
+
+
+def test_layout_is_recorded_and_the_default_is_unchanged(tmp_path):
+    from mmit_fast.cli import main
+
+    with pytest.raises(ValueError, match="layout must be one of centre, anywhere"):
+        SynthConfig(layout="middle")
+    # the default layout renders what it rendered before layouts existed (same draws, same pixels)
+    a = render_video(SynthConfig(size=48, fps=10, seconds=1.0, seed=5), 3)
+    b = render_video(SynthConfig(size=48, fps=10, seconds=1.0, seed=5, layout="centre"), 3)
+    assert np.array_equal(a["frames"], b["frames"])
+    c = render_video(SynthConfig(size=48, fps=10, seconds=1.0, seed=5, layout="anywhere"), 3)
+    assert not np.array_equal(a["frames"], c["frames"])
+    args = ["--num-videos", "2", "--size", "32", "--fps", "8", "--seconds", "1", "--workers", "1", "--splits", "1,0,0",
+            "--codec", "mjpeg"]
+    assert main(["synth", str(tmp_path / "d"), "--layout", "anywhere", *args]) == 0
+    man = S.load_manifest(str(tmp_path / "d"))
+    assert man.source["splits"]["train"]["config"]["layout"] == "anywhere"
+    # a dataset recorded before layouts existed is the centre layout: reused, not re-rendered
+    assert main(["synth", str(tmp_path / "e"), *args]) == 0
+    mpath = tmp_path / "e" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    del m["source"]["splits"]["train"]["config"]["layout"]
+    mpath.write_text(json.dumps(m))
+    before = os.path.getmtime(tmp_path / "e" / "train-000000.tar")
+    assert main(["synth", str(tmp_path / "e"), *args]) == 0
+    assert os.path.getmtime(tmp_path / "e" / "train-000000.tar") == before

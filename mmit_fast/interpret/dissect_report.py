@@ -24,8 +24,7 @@ from .dissect import assign_labels
 
 __all__ = ["summarise", "write_report", "unit_classes"]
 
-_CAT_COLORS = {"object": "#3b6fb6", "scene": "#2ca02c", "part": "#9467bd", "material": "#8c564b",
-               "texture": "#e377c2", "color": "#ff7f0e", "action": "#d62728"}
+_CAT_COLORS = render.CATEGORY_COLORS
 
 
 def unit_classes(model, top: int = 3) -> List[List[int]]:
@@ -151,7 +150,8 @@ def write_report(out_dir, model, spec, mean, std, broden, raw, summary) -> Dict[
             files[f"fig9_{tag}"] = render.bar_chart(
                 os.path.join(out_dir, f"fig9_units_per_concept_{tag}.png"), list(upc), list(upc.values()),
                 title=f"{name}: interpretable units per concept (IoU > {summary['iou_threshold']})",
-                ylabel="units", colors=[_CAT_COLORS.get(cat[c], "#777") for c in upc])
+                ylabel="units", colors=[_CAT_COLORS.get(cat[c], "#777") for c in upc],
+                legend={k: v for k, v in _CAT_COLORS.items() if k in set(cat[c] for c in upc)})
     cats = [c for c in summary["categories"] if summary["concepts_per_category"].get(c)]
     files["fig7"] = render.grouped_bar_chart(
         os.path.join(out_dir, "fig7_blockwise.png"), names,

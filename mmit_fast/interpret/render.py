@@ -23,11 +23,16 @@ import numpy as np
 
 from .._io import atomic_path, atomic_write_text
 
-__all__ = ["RED", "BLUE", "overlay_frame", "clip_strip", "save_png", "save_gif", "write_gallery", "bar_chart",
-           "grouped_bar_chart", "mask_overlay", "tile_grid", "label_positions"]
+__all__ = ["RED", "BLUE", "GREEN", "CATEGORY_COLORS", "overlay_frame", "clip_strip", "comparison_strip", "save_png",
+           "save_gif", "write_gallery", "bar_chart", "grouped_bar_chart", "mask_overlay", "tile_grid",
+           "label_positions"]
 
 RED = np.array([255, 0, 0], np.float32)
 BLUE = np.array([0, 64, 255], np.uint8)
+GREEN = (40, 230, 90)     # true action regions (boxes) drawn on comparison strips
+# one colour per concept category, in every figure (Fig. 7, Fig. 9, the report page) with a legend
+CATEGORY_COLORS = {"object": "#3b6fb6", "scene": "#2ca02c", "part": "#9467bd", "material": "#8c564b",
+                   "texture": "#e377c2", "color": "#ff7f0e", "action": "#d62728"}
 
 
 def _font(size: int):
@@ -65,8 +70,9 @@ def label_positions(heat: np.ndarray, owner: np.ndarray, n: int) -> Dict[int, tu
 
 
 def overlay_frame(frame: np.ndarray, heat: np.ndarray, owner: np.ndarray, labels: Sequence[str], *,
-                  alpha: float = 0.65, floor: float = 0.35, scale: int = 1) -> np.ndarray:
-    """One mCAM picture: uint8 [H*scale, W*scale, 3] (module docstring)."""
+                  alpha: float = 0.65, floor: float = 0.35, scale: int = 1, boxes: Sequence = ()) -> np.ndarray:
+    """One mCAM picture: uint8 [H*scale, W*scale, 3] (module docstring); ``boxes`` (x0, y0, x1, y1)
+    in frame pixels are outlined in green (the true action regions)."""
     from PIL import Image, ImageDraw
 
     frame, heat, owner = _upscale(np.asarray(frame, np.uint8), np.asarray(heat, np.float32), np.asarray(owner), scale)
@@ -81,6 +87,8 @@ def overlay_frame(frame: np.ndarray, heat: np.ndarray, owner: np.ndarray, labels
     out[b] = BLUE
     img = Image.fromarray(out)
     draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=GREEN, width=max(1, scale // 2))
     font = _font(max(10, out.shape[0] // 16))
     for j, (y, x) in label_positions(heat, owner, len(labels)).items():
         text = labels[j]
@@ -94,12 +102,34 @@ def overlay_frame(frame: np.ndarray, heat: np.ndarray, owner: np.ndarray, labels
 
 
 def clip_strip(frames: np.ndarray, heat: np.ndarray, owner: np.ndarray, labels: Sequence[str], *,
-               max_frames: int = 8, scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Per-frame overlays side by side (``max_frames`` evenly spaced frames): uint8 [h, w, 3]."""
+               max_frames: int = 8, scale: int = 2, gap: int = 2, cols: int = 4) -> np.ndarray:
+    """Per-frame overlays (``max_frames`` evenly spaced frames) in rows of ``cols``: uint8 [h, w, 3].
+    Rows of 4 keep a strip of 112-px frames at scale 2 under 910 px wide, so a page shows it at
+    its own size and the labels stay legible."""
     T = frames.shape[0]
     picks = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
     tiles = [overlay_frame(frames[t], heat[t], owner[t], labels, scale=scale) for t in picks]
-    return tile_grid(tiles, cols=len(tiles), gap=gap)
+    return tile_grid(tiles, cols=min(cols, len(tiles)), gap=gap)
+
+
+def comparison_strip(frames: np.ndarray, rows: Sequence[tuple], boxes: Optional[np.ndarray] = None, *,
+                     max_frames: int = 4, scale: int = 2, gap: int = 3) -> np.ndarray:
+    """Rows of per-frame overlays of one clip, one row per ``(title, heat [T, H, W], owner [T, H, W],
+    labels)``, each row headed by its title; ``boxes`` [A, T, 4] outlined in every tile."""
+    from PIL import Image, ImageDraw
+
+    T = frames.shape[0]
+    picks = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
+    font = _font(max(12, frames.shape[1] * scale // 14))
+    out = []
+    for title, heat, owner, labels in rows:
+        tiles = [overlay_frame(frames[t], heat[t], owner[t], labels, scale=scale,
+                               boxes=[] if boxes is None else [b for b in boxes[:, t] if b[2] > b[0]]) for t in picks]
+        strip = tile_grid(tiles, cols=len(tiles), gap=gap)
+        head = Image.new("RGB", (strip.shape[1], font.size + 8), (255, 255, 255))
+        ImageDraw.Draw(head).text((2, 3), title, fill=(0, 0, 0), font=font)
+        out.append(np.concatenate([np.asarray(head), strip], axis=0))
+    return tile_grid(out, cols=1, gap=gap) if len({o.shape for o in out}) == 1 else np.concatenate(out, axis=0)
 
 
 def tile_grid(tiles: Sequence[np.ndarray], cols: int, gap: int = 2, fill: int = 255) -> np.ndarray:
@@ -150,16 +180,27 @@ def _plt():
     return plt
 
 
+def _text(s: str) -> str:
+    """A string from data as matplotlib text: ``$`` escaped so it is never read as mathtext."""
+    return str(s).replace("$", r"\$")
+
+
 def bar_chart(path: str, names: Sequence[str], values: Sequence[float], *, title: str, ylabel: str,
-              colors: Optional[Sequence[str]] = None) -> str:
-    """A bar chart PNG (Fig. 9: units per concept)."""
+              colors: Optional[Sequence[str]] = None, legend: Optional[Dict[str, str]] = None) -> str:
+    """A bar chart PNG (Fig. 9: units per concept); ``legend`` {label: colour} when bars are coloured
+    by category."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * len(names) + 1.5), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 1.5), 3.8), dpi=110)
     ax.bar(range(len(names)), values, color=colors or "#3b6fb6")
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=8)
+    ax.set_xticklabels([_text(n) for n in names], rotation=70, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_text(title), fontsize=10)
+    if legend:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=c, label=_text(k)) for k, c in legend.items()], fontsize=8, title="category",
+                  title_fontsize=8)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
@@ -168,19 +209,22 @@ def bar_chart(path: str, names: Sequence[str], values: Sequence[float], *, title
 
 
 def grouped_bar_chart(path: str, groups: Sequence[str], series: Dict[str, Sequence[float]], *, title: str,
-                      ylabel: str) -> str:
-    """Bars per group and series (Fig. 7: interpretable units per block and category)."""
+                      ylabel: str, colors: Optional[Dict[str, str]] = None) -> str:
+    """Bars per group and series (Fig. 7: interpretable units per block and category); ``colors``
+    {series: colour} (default :data:`CATEGORY_COLORS`, grey for other names)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) + 2), 3.6), dpi=110)
+    colors = CATEGORY_COLORS if colors is None else colors
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 3.8), dpi=110)
     k = max(1, len(series))
     width = 0.8 / k
     for i, (name, vals) in enumerate(series.items()):
-        ax.bar(np.arange(len(groups)) + (i - (k - 1) / 2) * width, vals, width, label=name)
+        ax.bar(np.arange(len(groups)) + (i - (k - 1) / 2) * width, vals, width, label=_text(name),
+               color=colors.get(name, "#777777"))
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups)
+    ax.set_xticklabels([_text(g) for g in groups])
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(_text(title), fontsize=10)
+    ax.legend(fontsize=8, title="category", title_fontsize=8)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

@@ -1,130 +1,154 @@
-"""Scoring class maps against the true action regions of the synthetic dataset.
+"""Class maps of a checkpoint scored against the true action regions of synthetic clips.
 
-For one clip, class ``c`` performed by actor ``a``: the true region at frame ``t`` is the
-actor's box (its *action region*, ``box_masks[a, t]``), over the frames where the actor is
-visible. A class map ``M`` [T, H, W] (in [0, 1]) is scored by:
+For every clip of a Multi-Moving-Shapes source with ground truth and every actor ``a`` with a
+class ``c`` (the true visual classes: detection is taken as given, only localisation is scored),
+the map of ``c`` by each method is scored with :mod:`.pointing` (pointing game with the scaled
+15 px tolerance, IoU over thresholds, and on clips with actors of several classes the
+discriminative pointing game). Methods, all maps [T, H, W] per frame at input resolution:
 
-* pointing game: per visible frame, a hit when the map's maximum (first arg-max) lies inside
-  the true region; the clip-class score is the fraction of hits (0 for an all-zero map);
-* IoU: ``|{M >= 0.5} and R| / |{M >= 0.5} or R|`` pooled over the visible frames.
-
-Methods compared on the same clips and classes (the true visual classes: detection is taken
-as given, so only localisation is scored): single-class CAM (normalised), mCAM (the class's
-separated map where it owns the pixel, else 0), Grad-CAM at ``layer4`` and ``layer3``, and a
-centre prior (a fixed Gaussian in the middle of the frame) as the floor to beat.
+* ``CAM``: the single-class map ``CAM_c``, trilinear to the input, min-max normalised;
+* ``mCAM``: the class's separated map where the class owns the pixel, else 0 (:func:`.cam.mcam`
+  on the true classes of the clip);
+* ``Grad-CAM layer4`` / ``Grad-CAM layer3``: :class:`.gradcam.GradCAM`, upsampled and normalised
+  like CAM;
+* ``peer`` (optional, ``peer=callable``): a map from another implementation, e.g.
+  pytorch-grad-cam's Grad-CAM (``benchmarks/_gradcam_peer.py``), already at input resolution;
+* ``random map``: uniform noise on the model's ``T' x h x w`` grid, upsampled like CAM (seeded);
+* ``centre prior``: a fixed Gaussian in the middle of the frame (it points at the centre);
+* ``ceiling``: the true box's coverage of each ``h x w`` cell, per frame, upsampled like CAM:
+  the best any map at the model's spatial resolution can do.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .cam import mcam, normalise_maps, upsample_maps
+from . import pointing as P
+from .cam import features_and_logits, mcam, normalise_maps, upsample_maps
 from .gradcam import GradCAM
 from .source import iter_clips, load_model, to_input
 
-__all__ = ["pointing_game", "region_iou", "score_maps", "score_checkpoint", "METHODS"]
+__all__ = ["METHODS", "score_checkpoint", "score_clip", "centre_prior"]
 
-METHODS = ("CAM", "mCAM", "Grad-CAM layer4", "Grad-CAM layer3", "centre prior")
-
-
-def pointing_game(m: np.ndarray, region: np.ndarray, frames: np.ndarray) -> float:
-    """Fraction of ``frames`` (bool [T]) where ``argmax m[t]`` is inside ``region[t]``."""
-    ts = np.nonzero(frames)[0]
-    if ts.size == 0:
-        return float("nan")
-    hits = 0
-    for t in ts:
-        if m[t].max() <= 0:
-            continue
-        y, x = np.unravel_index(int(np.argmax(m[t])), m[t].shape)
-        hits += bool(region[t, y, x])
-    return hits / ts.size
+METHODS = ("CAM", "mCAM", "Grad-CAM layer4", "Grad-CAM layer3", "random map", "centre prior", "ceiling")
 
 
-def region_iou(m: np.ndarray, region: np.ndarray, frames: np.ndarray, cut: float = 0.5) -> float:
-    ts = np.nonzero(frames)[0]
-    if ts.size == 0:
-        return float("nan")
-    pred = m[ts] >= cut
-    true = region[ts]
-    union = np.logical_or(pred, true).sum()
-    return float(np.logical_and(pred, true).sum() / union) if union else float("nan")
-
-
-def score_maps(maps: np.ndarray, regions: np.ndarray, frames: np.ndarray) -> Dict[str, np.ndarray]:
-    """``maps`` [n, T, H, W], ``regions`` [n, T, H, W] bool, ``frames`` [n, T] bool ->
-    ``{"pointing": [n], "iou": [n]}``."""
-    return {"pointing": np.array([pointing_game(maps[j], regions[j], frames[j]) for j in range(len(maps))]),
-            "iou": np.array([region_iou(maps[j], regions[j], frames[j]) for j in range(len(maps))])}
-
-
-def _centre_prior(T: int, H: int, W: int) -> np.ndarray:
+def centre_prior(T: int, H: int, W: int) -> np.ndarray:
+    """A Gaussian (sigma = a quarter of the side) centred in the frame, [T, H, W] in (0, 1]."""
     yy, xx = np.mgrid[0:H, 0:W]
     g = np.exp(-(((yy - (H - 1) / 2) / (H / 4)) ** 2 + ((xx - (W - 1) / 2) / (W / 4)) ** 2) / 2)
     return np.broadcast_to(g / g.max(), (T, H, W))
 
 
-def _maps_for(model, x: torch.Tensor, ids: torch.Tensor) -> Dict[str, np.ndarray]:
-    """All methods' maps [n, T, H, W] for one clip ``x`` [1, 3, T, H, W] and classes ``ids`` [1, n]."""
+def _grid_maps(model, x: torch.Tensor, ids: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator):
+    """Random and ceiling maps [n, T, H, W] built on the model's feature grid."""
+    with torch.no_grad():
+        feats, _ = features_and_logits(model, x)
+    grid = tuple(feats.shape[2:])                          # (T', h, w)
+    T, H, W = x.shape[2:]
+    n = ids.shape[1]
+    noise = torch.from_numpy(rng.random((1, n) + grid).astype(np.float32))
+    rand = normalise_maps(upsample_maps(noise, (T, H, W), True))[0].numpy()
+    cover = torch.from_numpy(P.box_coverage_grid(boxes, (H, W), grid[-2:]).astype(np.float32))   # [n, T, h, w]
+    ceil = F.interpolate(cover, size=(H, W), mode="bilinear", align_corners=False).numpy()
+    return rand, ceil, grid
+
+
+def score_clip(model, x: torch.Tensor, ids: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator,
+               peer: Optional[Callable] = None):
+    """``(maps, grid)``: all methods' maps [n, T, H, W] for one clip ``x`` [1, 3, T, H, W], classes
+    ``ids`` [1, n] and the actors' boxes [n, T, 4] (for the ceiling); ``grid`` the model's (T', h, w)."""
     size = tuple(x.shape[2:])
     res = mcam(model, x, class_ids=ids)
     own = (res.owner[0][None] == torch.arange(ids.shape[1], device=x.device).view(-1, 1, 1, 1))
     out = {"CAM": res.cams[0], "mCAM": res.separated[0] * own}
+    pre = "video." if getattr(model, "modality", "video") == "audio-video" else ""
     for layer in ("layer4", "layer3"):
-        name = ("video." if getattr(model, "modality", "video") == "audio-video" else "") + layer
-        with GradCAM(model, name) as gc:
+        with GradCAM(model, pre + layer) as gc:
             g = gc(x, ids)
         out[f"Grad-CAM {layer}"] = normalise_maps(upsample_maps(g, size, True))[0]
     maps = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
-    maps["centre prior"] = np.stack([_centre_prior(*size)] * ids.shape[1])
-    return maps
+    if peer is not None:
+        maps["peer"] = np.asarray(peer(model, x, ids), dtype=np.float32)
+    maps["random map"], maps["ceiling"], grid = _grid_maps(model, x, ids, boxes, rng)
+    maps["centre prior"] = np.stack([centre_prior(*size)] * ids.shape[1])
+    return maps, [int(v) for v in grid]
 
 
-def score_checkpoint(checkpoint: str, source: str, *, limit: Optional[int] = None, device: str = "auto"
-                     ) -> Dict[str, Any]:
-    """Pointing game and IoU per method and class on the synthetic clips of ``source``.
-    Returns ``{"methods": {m: {"pointing", "iou"}}, "per_class": {m: {class: {...}}}, "pairs", "clips"}``."""
+def _actors(gt, names: List[str], where: str):
+    actors = [a for a in range(len(gt["actor_action"])) if gt["actor_action"][a] >= 0]
+    true = [str(gt["classes"][gt["actor_action"][a]]) for a in actors]
+    missing = [t for t in true if t not in names]
+    if missing:
+        raise ValueError(f"{where}: true class {missing[0]!r} is not in the checkpoint's vocabulary "
+                         "(score a model trained on this synthetic dataset)")
+    return actors, [names.index(t) for t in true]
+
+
+def score_checkpoint(checkpoint: str, sources: Sequence[str] | str, *, limit: Optional[int] = None,
+                     device: str = "auto", seed: int = 0, peer: Optional[Callable] = None,
+                     keep: Optional[Callable[[str, Dict[str, np.ndarray], Any], None]] = None) -> Dict[str, Any]:
+    """Scores per method on the synthetic clips of ``sources`` (``FOLDER:SPLIT`` ...), at most
+    ``limit`` clips each. ``keep(key, maps, item)`` sees every clip's maps (e.g. for figures).
+    Returns ``{"methods": {m: {...}}, "per_class", "clips", "pairs", "multi_pairs", "grid",
+    "tolerance", "thresholds"}``."""
     model, spec, mean, std = load_model(checkpoint, device)
     names = list(model.class_names)
     dev = next(model.parameters()).device
-    acc: Dict[str, Dict[str, Dict[str, List[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    clips = pairs = 0
-    for item in iter_clips(source, spec, names, limit=limit):
-        gt = item.gt
-        if gt is None:
-            raise ValueError(f"{source}:{item.key}: no ground truth (.gt.npz): scoring needs the synthetic dataset")
-        actors = [a for a in range(len(gt["actor_action"])) if gt["actor_action"][a] >= 0]
-        true = [str(gt["classes"][gt["actor_action"][a]]) for a in actors]
-        if any(t not in names for t in true):
-            raise ValueError(f"{source}:{item.key}: true class {next(t for t in true if t not in names)!r} is not "
-                             "in the checkpoint's vocabulary (score a model trained on this synthetic dataset)")
-        cls = [names.index(t) for t in true]
-        if not actors:
-            continue
-        clips += 1
-        pairs += len(actors)
-        x = to_input(item.frames, mean, std, dev)
-        maps = _maps_for(model, x, torch.tensor([cls], device=dev))
-        regions, frames = gt["box_masks"][actors], gt["visible"][actors]
-        for meth, m in maps.items():
-            s = score_maps(m, regions, frames)
-            for j, c in enumerate(cls):
-                for k in ("pointing", "iou"):
-                    acc[meth][names[c]][k].append(float(s[k][j]))
+    rng = np.random.default_rng(seed)
+    acc: Dict[str, Dict[str, List]] = defaultdict(lambda: defaultdict(list))
+    clips = pairs = multi_pairs = 0
+    grid, tol = None, None
+    for src in ([sources] if isinstance(sources, str) else list(sources)):
+        for item in iter_clips(src, spec, names, limit=limit):
+            if item.gt is None:
+                raise ValueError(f"{src}:{item.key}: no ground truth (.gt.npz): scoring needs the synthetic dataset")
+            actors, cls = _actors(item.gt, names, f"{src}:{item.key}")
+            if not actors:
+                continue
+            boxes, vis = item.gt["boxes"][actors], item.gt["visible"][actors]
+            x = to_input(item.frames, mean, std, dev)
+            maps, grid = score_clip(model, x, torch.tensor([cls], device=dev), boxes, rng, peer)
+            tol = P.tolerance(x.shape[-1])
+            multi = len(set(cls)) >= 2
+            clips, pairs, multi_pairs = clips + 1, pairs + len(actors), multi_pairs + (len(actors) if multi else 0)
+            for meth, m in maps.items():
+                for j, c in enumerate(cls):
+                    s = P.pair_scores(m[j], j, boxes, vis, item.gt["box_masks"][actors], tol, multi)
+                    acc[meth]["class"].append(names[c])
+                    for k, v in s.items():
+                        acc[meth][k].append(v)
+            if keep is not None:
+                keep(item.key, maps, item)
     if not pairs:
-        raise ValueError(f"{source}: no clip with a visible action to score")
-    return _summarise(acc, clips, pairs)
+        raise ValueError(f"{sources}: no clip with a visible action to score")
+    return {**summarise(acc), "clips": clips, "pairs": pairs, "multi_pairs": multi_pairs, "grid": grid,
+            "tolerance": tol, "thresholds": P.THRESHOLDS.tolist()}
 
 
-def _summarise(acc, clips: int, pairs: int) -> Dict[str, Any]:
+def _mean(v: Iterable[float]) -> float:
+    a = np.asarray([x for x in v if x == x], dtype=np.float64)
+    return float(a.mean()) if a.size else float("nan")
+
+
+def summarise(acc: Dict[str, Dict[str, List]]) -> Dict[str, Any]:
+    """Means over (clip, class) pairs per method: pointing, the IoU curve, its area and best
+    point, the discriminative game (hit / other actor / pairs scored); and pointing per class."""
     methods, per_class = {}, {}
-    for meth in METHODS:
-        d = acc.get(meth, {})
-        allv = {k: [v for c in d.values() for v in c[k] if v == v] for k in ("pointing", "iou")}
-        methods[meth] = {k: float(np.mean(v)) if v else float("nan") for k, v in allv.items()}
-        per_class[meth] = {c: {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                               for k, v in kv.items()} | {"n": len(kv["iou"])} for c, kv in sorted(d.items())}
-    return {"methods": methods, "per_class": per_class, "clips": clips, "pairs": pairs}
+    for meth, d in acc.items():
+        curve = np.nanmean(np.stack(d["iou"]), axis=0) if d["iou"] else np.full(len(P.THRESHOLDS), np.nan)
+        disc = [r for r in d.get("discriminative", []) if r["frames"]]
+        methods[meth] = {"pointing": _mean(d["pointing"]), "iou_curve": curve.tolist(),
+                         "iou_area": float(np.nanmean(curve)), "iou_best": float(np.nanmax(curve)),
+                         "iou_best_at": float(P.THRESHOLDS[int(np.nanargmax(curve))]),
+                         "discriminative": _mean(r["hit"] for r in disc),
+                         "other_actor": _mean(r["other"] for r in disc), "discriminative_pairs": len(disc)}
+        by: Dict[str, List[float]] = defaultdict(list)
+        for c, v in zip(d["class"], d["pointing"]):
+            by[c].append(v)
+        per_class[meth] = {c: {"pointing": _mean(v), "n": len(v)} for c, v in sorted(by.items())}
+    return {"methods": methods, "per_class": per_class}

@@ -11,6 +11,11 @@ Input ``[B, 3, T, H, W]`` (authors: T=16 frames, 224x224, ImageNet mean/std). La
   Pattern (as mmaction2's I3D R50): layer1 all blocks, layer2/3 blocks 0, 2, 4, ..., layer4
   blocks 1, 3, .... Strides inside the stages are spatial only.
 * global average pooling over (T', H', W') and ``classifier`` (nn.Linear).
+* ``last_stride=1`` (for interpretation): ``layer4`` keeps stride 1 and dilates by 2 every 3x3
+  spatial conv after the place of the removed stride (DeepLab's dilated ResNet), so the last
+  maps are 1/16 of the input instead of 1/32 (7 x 7 at 112 px, 14 x 14 at 224) with the same
+  parameters: the stride-2 net's maps computed at every position (its maps are the even
+  positions of these, exactly).
 
 So 16 x 224 x 224 gives ``features`` of shape [B, 2048, 4, 7, 7] for ResNet-50 (K = 8 * width
 * 4; ResNet-18/34: K = 8 * width).
@@ -45,14 +50,14 @@ class TConv3d(nn.Conv3d):
     """``nn.Conv3d`` (same parameter names) whose temporal padding is either zeros (built in)
     or ``replicate`` (the edge frame repeated; spatial padding stays zeros)."""
 
-    def __init__(self, cin, cout, kernel, stride=1, padding=0, temporal_padding: str = "zeros"):
+    def __init__(self, cin, cout, kernel, stride=1, padding=0, temporal_padding: str = "zeros", dilation=1):
         if temporal_padding not in _PAD_MODES:
             raise ValueError(f"temporal_padding must be one of {_PAD_MODES}, got {temporal_padding!r}")
         kernel, stride, padding = _triple(kernel), _triple(stride), _triple(padding)
         self.tpad = padding[0] if temporal_padding == "replicate" else 0
         if self.tpad:
             padding = (0, padding[1], padding[2])
-        super().__init__(cin, cout, kernel, stride, padding, bias=False)
+        super().__init__(cin, cout, kernel, stride, padding, dilation=_triple(dilation), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tpad:
@@ -89,13 +94,14 @@ def _triple(v) -> Tuple[int, int, int]:
 class BasicBlock3d(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, inflate=True, tp="zeros"):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, inflate=True, tp="zeros", dilation=(1, 1)):
         super().__init__()
-        k1, p1 = ((3, 3, 3), (1, 1, 1)) if inflate else ((1, 3, 3), (0, 1, 1))
-        self.conv1 = TConv3d(inplanes, planes, k1, (1, stride, stride), p1, tp)
+        d, e = dilation   # spatial dilation of conv1 (which carries any stride), of conv2
+        k1, p1 = ((3, 3, 3), (1, d, d)) if inflate else ((1, 3, 3), (0, d, d))
+        self.conv1 = TConv3d(inplanes, planes, k1, (1, stride, stride), p1, tp, (1, d, d))
         self.bn1 = nn.BatchNorm3d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = TConv3d(planes, planes, (1, 3, 3), 1, (0, 1, 1), tp)
+        self.conv2 = TConv3d(planes, planes, (1, 3, 3), 1, (0, e, e), tp, (1, e, e))
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
 
@@ -109,12 +115,13 @@ class BasicBlock3d(nn.Module):
 class Bottleneck3d(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, inflate=True, tp="zeros"):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, inflate=True, tp="zeros", dilation=(1, 1)):
         super().__init__()
+        d = dilation[0]   # spatial dilation of the 3x3 conv (which carries any stride)
         k1, p1 = ((3, 1, 1), (1, 0, 0)) if inflate else ((1, 1, 1), (0, 0, 0))
         self.conv1 = TConv3d(inplanes, planes, k1, 1, p1, tp)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = TConv3d(planes, planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), tp)
+        self.conv2 = TConv3d(planes, planes, (1, 3, 3), (1, stride, stride), (0, d, d), tp, (1, d, d))
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = TConv3d(planes, planes * 4, 1, 1, 0, tp)
         self.bn3 = nn.BatchNorm3d(planes * 4)
@@ -158,6 +165,7 @@ class I3D(ClipClassifier):
         with_pool2: bool = True,
         temporal_padding: str = "zeros",
         zero_init_residual: bool = False,
+        last_stride: int = 2,
     ):
         if depth not in RESNET_LAYERS:
             raise ValueError(f"I3D depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
@@ -169,6 +177,8 @@ class I3D(ClipClassifier):
             raise ValueError(f"conv1_stride_t must be 1 or 2, got {conv1_stride_t}")
         if pool1_stride_t not in (1, 2):
             raise ValueError(f"pool1_stride_t must be 1 or 2, got {pool1_stride_t}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         kind, layers = RESNET_LAYERS[depth]
         block = BasicBlock3d if kind == "basic" else Bottleneck3d
         width = int(width)
@@ -176,7 +186,7 @@ class I3D(ClipClassifier):
         self.depth, self.width, self.temporal_padding = depth, width, temporal_padding
         self.config = dict(depth=depth, width=width, conv1_t=conv1_t, conv1_stride_t=conv1_stride_t,
                            pool1_stride_t=pool1_stride_t,
-                           with_pool2=with_pool2, temporal_padding=temporal_padding)
+                           with_pool2=with_pool2, temporal_padding=temporal_padding, last_stride=last_stride)
         tp = temporal_padding
         self.conv1 = TConv3d(3, width, (conv1_t, 7, 7), (conv1_stride_t, 2, 2), (conv1_t // 2, 3, 3), tp)
         self.bn1 = nn.BatchNorm3d(width)
@@ -189,20 +199,24 @@ class I3D(ClipClassifier):
         self._t_div = conv1_stride_t * pool1_stride_t * (2 if with_pool2 else 1)
         self.inplanes = width
         pattern = i3d_inflate_pattern(layers)
-        for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
-            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2**i, n, stride, pattern[i], tp))
+        for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, last_stride))):
+            dil = 2 if (i == 3 and last_stride == 1) else 1
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2**i, n, stride, pattern[i], tp, dil))
         init_resnet_(self, zero_init_residual)
 
-    def _make_layer(self, block, planes, blocks, stride, inflate, tp):
+    def _make_layer(self, block, planes, blocks, stride, inflate, tp, dilation=1):
+        """One stage; ``dilation`` > 1 (``last_stride=1``): every 3x3 spatial conv after the place
+        of the removed stride is dilated (the first block's first conv keeps dilation 1), so the
+        maps are the stride-2 stage's maps computed at every position (DeepLab's "a trous")."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 TConv3d(self.inplanes, planes * block.expansion, 1, (1, stride, stride), 0, tp),
                 nn.BatchNorm3d(planes * block.expansion),
             )
-        mods = [block(self.inplanes, planes, stride, downsample, inflate[0], tp)]
+        mods = [block(self.inplanes, planes, stride, downsample, inflate[0], tp, (1, dilation))]
         self.inplanes = planes * block.expansion
-        mods += [block(self.inplanes, planes, 1, None, inflate[i], tp) for i in range(1, blocks)]
+        mods += [block(self.inplanes, planes, 1, None, inflate[i], tp, (dilation, dilation)) for i in range(1, blocks)]
         return nn.Sequential(*mods)
 
     def _check(self, x: torch.Tensor) -> None:

@@ -47,6 +47,8 @@ import numpy as np
 
 from .. import shards as S
 from .. import storage
+from .layout import ANYWHERE_FALL, ANYWHERE_MOTION, ANYWHERE_SCALE, LAYOUTS, centre_positions, extents_of, \
+    place_anywhere
 from .packer import Job, write_split
 from .transcode import AUDIO_RATE, EncodeSpec, encode_arrays
 from .writer import Sample, make_sample
@@ -86,7 +88,8 @@ class SynthConfig:
     label_dropout: float = 0.0          # probability that a present action is left unlabelled
     no_audio_prob: float = 0.3          # P(no audio track) for videos without an auditory action
     distractors: int = 0                # max static actors without an action per video
-    actor_scale: float = 0.13           # actor radius as a fraction of the frame side
+    actor_scale: float = 0.13           # actor radius as a fraction of the frame side (centre layout)
+    layout: str = "centre"              # where actors stand: "centre" or "anywhere" (pack/layout.py)
 
     def __post_init__(self):
         if self.num_videos < 1:
@@ -100,6 +103,8 @@ class SynthConfig:
             raise ValueError("action_count_probs: 1 to 4 non-negative weights (for 1..4 actions)")
         if not 0 <= self.label_dropout < 1:
             raise ValueError("label_dropout must be in [0, 1)")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def frames(self) -> int:
@@ -131,6 +136,37 @@ class Actor:
     params: Dict = field(default_factory=dict)
 
 
+def _make_actor(cfg: SynthConfig, rng: np.random.Generator, action: int, color: int, cx: float, cy: float,
+                scale: float, extra: Dict) -> Actor:
+    """One actor's appearance and motion parameters (the draws in a fixed order)."""
+    name = VISUAL_ACTIONS[action] if action >= 0 else "static"
+    objs = [o for o in range(len(OBJECTS)) if not (name.startswith("rotating") and OBJECTS[o] == "circle")]
+    return Actor(action=action, obj=int(rng.choice(objs)), color=int(color),
+                 texture=int(rng.integers(len(TEXTURES))), cx=cx, cy=cy,
+                 radius=scale * cfg.size * rng.uniform(0.85, 1.15),
+                 params={"phase": float(rng.uniform(0, 2 * math.pi)), "theta0": float(rng.uniform(0, 2 * math.pi)),
+                         "dir": int(rng.choice([-1, 1])), "jitter": rng.normal(0, 1, size=(cfg.frames, 2)).tolist(),
+                         "palette": [int(x) for x in rng.permutation(len(COLOR_NAMES))], **extra})
+
+
+def _place_actors(cfg: SynthConfig, rng: np.random.Generator, actions: List[int]) -> List[Actor]:
+    """The actors of one video, placed by the configured layout (:mod:`.layout`)."""
+    if cfg.layout == "centre":
+        centres = centre_positions(rng, len(actions), cfg.size)
+        colors = list(rng.permutation(len(COLOR_NAMES)))
+        return [_make_actor(cfg, rng, a, colors[j % len(colors)], centres[j][0], centres[j][1], cfg.actor_scale, {})
+                for j, a in enumerate(actions)]
+    colors = list(rng.permutation(len(COLOR_NAMES)))
+    extra = {"amp": ANYWHERE_MOTION, "fall": ANYWHERE_FALL * cfg.size}
+    actors = [_make_actor(cfg, rng, a, colors[j % len(colors)], 0.0, 0.0, ANYWHERE_SCALE, extra)
+              for j, a in enumerate(actions)]
+    extents = extents_of(lambda j: [(st[0], st[1], st[3], st[4]) for st in
+                                    (_state(actors[j], t, cfg) for t in range(cfg.frames))], [a.radius for a in actors])
+    for act, (cx, cy) in zip(actors, place_anywhere(rng, extents, cfg.size)):
+        act.cx, act.cy = cx, cy
+    return actors
+
+
 def _sample_video(cfg: SynthConfig, index: int):
     rng = np.random.default_rng([cfg.seed, index])
     probs = cfg.class_probs()
@@ -140,32 +176,7 @@ def _sample_video(cfg: SynthConfig, index: int):
     visual = [c for c in present if c < len(VISUAL_ACTIONS)]
     audio_actions = [c for c in present if c >= len(VISUAL_ACTIONS)]
     n_distract = int(rng.integers(0, cfg.distractors + 1)) if cfg.distractors else 0
-    S_ = cfg.size
-    # actor centres: spread out (rejection sampling for a minimum distance)
-    n_act = len(visual) + n_distract
-    centres: List[Tuple[float, float]] = []
-    for _ in range(n_act):
-        best, best_d = None, -1.0
-        for _try in range(30):
-            c = (rng.uniform(0.3, 0.7) * S_, rng.uniform(0.3, 0.7) * S_)
-            d = min([math.hypot(c[0] - o[0], c[1] - o[1]) for o in centres] or [1e9])
-            if d > best_d:
-                best, best_d = c, d
-            if d > 0.3 * S_:
-                break
-        centres.append(best)
-    colors = list(rng.permutation(len(COLOR_NAMES)))
-    actors: List[Actor] = []
-    for j, a in enumerate(visual + [-1] * n_distract):
-        name = VISUAL_ACTIONS[a] if a >= 0 else "static"
-        objs = [o for o in range(len(OBJECTS)) if not (name.startswith("rotating") and OBJECTS[o] == "circle")]
-        act = Actor(action=a, obj=int(rng.choice(objs)), color=int(colors[j % len(colors)]),
-                    texture=int(rng.integers(len(TEXTURES))), cx=centres[j][0], cy=centres[j][1],
-                    radius=cfg.actor_scale * S_ * rng.uniform(0.85, 1.15),
-                    params={"phase": float(rng.uniform(0, 2 * math.pi)), "theta0": float(rng.uniform(0, 2 * math.pi)),
-                            "dir": int(rng.choice([-1, 1])), "jitter": rng.normal(0, 1, size=(cfg.frames, 2)).tolist(),
-                            "palette": [int(x) for x in rng.permutation(len(COLOR_NAMES))]})
-        actors.append(act)
+    actors = _place_actors(cfg, rng, visual + [-1] * n_distract)
     scene = int(rng.integers(len(SCENES)))
     bg_seed = int(rng.integers(2 ** 31))
     labels = [c for c in present if rng.uniform() >= cfg.label_dropout]
@@ -189,7 +200,8 @@ def _state(actor: Actor, t: int, cfg: SynthConfig):
     p = actor.params
     x, y = actor.cx, actor.cy
     ang, sx, sy, alpha, on, color = p["theta0"], 1.0, 1.0, 1.0, True, actor.color
-    D = 0.4 * S_
+    amp = p.get("amp", 1.0)      # motion amplitude (the anywhere layout: 0.6)
+    D = 0.4 * S_ * amp
     name = VISUAL_ACTIONS[actor.action] if actor.action >= 0 else "static"
     if name == "moving_left":
         x = actor.cx + D * (0.5 - u)
@@ -210,17 +222,18 @@ def _state(actor: Actor, t: int, cfg: SynthConfig):
     elif name == "blinking":
         on = int(tau * 6.0 + p["phase"]) % 2 == 0
     elif name == "bouncing":
-        H = 0.35 * S_
+        H = 0.35 * S_ * amp
         y = actor.cy + H / 2 - H * abs(math.sin(math.pi * 1.25 * tau + p["phase"]))
     elif name == "orbiting":
-        R = 0.17 * S_
+        R = 0.17 * S_ * amp
         a = p["phase"] + p["dir"] * 2 * math.pi * 0.6 * tau
         x, y = actor.cx + R * math.cos(a), actor.cy + R * math.sin(a)
     elif name == "shaking":
         j = p["jitter"][t]
-        x, y = actor.cx + 0.045 * S_ * j[0], actor.cy + 0.045 * S_ * j[1]
+        x, y = actor.cx + 0.045 * S_ * amp * j[0], actor.cy + 0.045 * S_ * amp * j[1]
     elif name == "falling":
-        top, bottom = 0.12 * S_, 0.88 * S_
+        # centre layout: from 0.12 to 0.88 of the frame; anywhere: a drop of p["fall"] around cy
+        top, bottom = (0.12 * S_, 0.88 * S_) if "fall" not in p else (actor.cy - p["fall"] / 2, actor.cy + p["fall"] / 2)
         y = top + (bottom - top) * u * u
     elif name == "pulsing":
         sx = sy = 1.0 + 0.3 * math.sin(2 * math.pi * 1.5 * tau + p["phase"])
@@ -234,11 +247,11 @@ def _state(actor: Actor, t: int, cfg: SynthConfig):
     elif name == "zigzagging":
         x = actor.cx + p["dir"] * D * (u - 0.5)
         tri = 2 * abs(((tau * 2.0 + p["phase"] / (2 * math.pi)) % 1.0) - 0.5) - 0.5
-        y = actor.cy + 0.25 * S_ * tri
+        y = actor.cy + 0.25 * S_ * amp * tri
     elif name == "stretching":
         sx, sy = 1.0 + 0.8 * u, 1.0 - 0.4 * u
     elif name == "swinging":
-        L = 0.22 * S_
+        L = 0.22 * S_ * amp
         phi = 0.7 * math.sin(2 * math.pi * 0.8 * tau + p["phase"])
         x, y = actor.cx + L * math.sin(phi), actor.cy - L / 2 + L * math.cos(phi) - L / 2
         ang = p["theta0"] + phi
@@ -431,7 +444,7 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
                      tail: float = 0.8, label_dropout: float = 0.0, no_audio_prob: float = 0.3,
                      distractors: int = 0, action_count_probs: Tuple[float, ...] = (0.35, 0.35, 0.2, 0.1),
                      resume: bool = False, overwrite: bool = False, broden: Optional[str] = None,
-                     progress: bool = True, preset: Optional[str] = None) -> S.Manifest:
+                     progress: bool = True, preset: Optional[str] = None, layout: str = "centre") -> S.Manifest:
     """Render a Multi-Moving-Shapes dataset into ``out_dir`` (train/val/test shards + manifest),
     through the same packer as ``mmit pack`` (:func:`~mmit_fast.pack.packer.write_split`).
 
@@ -443,6 +456,8 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     With ``broden=DIR`` the test split (val when test is empty) is also exported in the
     Broden layout (:func:`export_broden`). ``preset`` (:mod:`mmit_fast.pack.presets`) renders
     and packs at the preset's rate for ``seconds`` (e.g. ``paper-i3d``: 16 frames per clip).
+    ``layout`` (:mod:`.layout`): ``"centre"`` (default) or ``"anywhere"`` (actors uniform over
+    the frame, fully visible, apart from each other: the localisation benchmark's data).
     Returns the manifest.
     """
     from .presets import resolve
@@ -450,7 +465,7 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     fps, gop, preset = resolve(preset, seconds, None if fps == 25.0 else fps, None)
     cfg = SynthConfig(num_videos=num_videos, seed=seed, size=size, fps=fps, seconds=seconds, splits=tuple(splits),
                       action_count_probs=tuple(action_count_probs), tail=tail, label_dropout=label_dropout,
-                      no_audio_prob=no_audio_prob, distractors=distractors)
+                      no_audio_prob=no_audio_prob, distractors=distractors, layout=layout)
     spec = EncodeSpec(codec=codec, short_side=size, fps=fps, seconds=cfg.frames / fps, gop=gop, preset=preset)
     counts = cfg.split_counts()
     info = {"generator": "multi-moving-shapes", "config": asdict(cfg), "class_probs": cfg.class_probs().tolist(),
@@ -498,6 +513,11 @@ def _clear_dataset(out_dir: str) -> None:
             storage.remove(storage.join(out_dir, name))
 
 
+def _with_layout(config: Optional[Dict]) -> Optional[Dict]:
+    """A recorded generator config; datasets made before layouts existed are the centre layout."""
+    return config if not isinstance(config, dict) or "layout" in config else {**config, "layout": "centre"}
+
+
 def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]) -> Optional[S.Manifest]:
     """The manifest of ``out_dir`` when it already holds this exact dataset, complete; else None."""
     try:
@@ -513,7 +533,7 @@ def _finished(out_dir: str, info: Dict, spec: EncodeSpec, counts: Dict[str, int]
         src = man.source.get("splits", {}).get(split)
         if n == 0:
             continue
-        if not src or src.get("config") != json.loads(json.dumps(info["config"])) or man.num_samples(split) + \
+        if not src or _with_layout(src.get("config")) != json.loads(json.dumps(info["config"])) or man.num_samples(split) + \
                 man.splits.get(split, {}).get("rejected", 0) != n:
             return None
         try:
