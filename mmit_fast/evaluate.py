@@ -163,8 +163,8 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
     from .inference import evaluate_model
     from .models.checkpoint import from_checkpoint, read_checkpoint
     from .shards import load_manifest
-    from .train.build import checkpoint_config, make_loader_for
-    from .train.distributed import dist_env, init_distributed, resolve_device, shutdown
+    from .recipes import checkpoint_config, make_loader_for
+    from .distributed import dist_env, init_distributed, resolve_device, shutdown
 
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")

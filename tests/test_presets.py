@@ -192,7 +192,7 @@ def test_paper_i3d_config_samples_what_its_preset_stores():
 
     from mmit_fast.config import load_config, resolve_config
     from mmit_fast.data.sampling import coverage_problem
-    from mmit_fast.train.build import clip_spec
+    from mmit_fast.recipes import clip_spec
 
     path = "i3d_r50_wlsep"
     cfg = load_config(path)
@@ -208,7 +208,7 @@ def test_demo_configs_fit_the_demos_shards():
     repeating frames (fusion_demo_cpu asked for 8 consecutive frames 4 apart, which needs 29)."""
     from mmit_fast.config import load_config, shipped_configs
     from mmit_fast.data.sampling import coverage_problem
-    from mmit_fast.train.build import clip_spec
+    from mmit_fast.recipes import clip_spec
 
     fps, _ = PRESETS["tsm8"].settings(2.0)
     names = [n for n in shipped_configs() if n.endswith("demo_cpu")]

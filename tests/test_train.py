@@ -100,7 +100,7 @@ def test_loss_flag_means_the_papers_form(tiny_data):
     """--loss lsep|warp|bce are the plain eqs. 1-3; wlsep is weighted (eq. 4); weighted variants by name."""
     from mmit_fast.losses import class_weights
     from mmit_fast.shards import load_manifest
-    from mmit_fast.train.build import make_criterion
+    from mmit_fast.recipes import make_criterion
 
     man = load_manifest(tiny_data)
     w = torch.as_tensor(np.asarray(class_weights(man.class_counts("train"), scheme="min_ratio")), dtype=torch.float32)

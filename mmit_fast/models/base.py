@@ -79,7 +79,7 @@ def read_state_dict(path_or_sd: Any) -> Dict[str, torch.Tensor]:
                 f"pretrained weights {src!r}: no such file (weights are never downloaded; "
                 "pass a local file or train from scratch with pretrained=None)"
             )
-        from .checkpoint import safe_torch_load  # weights_only=True, never an unsafe fallback
+        from .safe_load import safe_torch_load  # weights_only=True, never an unsafe fallback
 
         sd = safe_torch_load(src)
     for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}

@@ -1,133 +1,26 @@
-"""Reading mmit checkpoints: the one safe loader every verb and module uses.
-
-A checkpoint is data, not code. It is read with ``torch.load(weights_only=True)`` only: tensors,
-plain containers (dict, list, tuple), str, int, float, bool and None. A file that needs anything
-else (a pickled class, a function: what a planted pickle uses to run a command) is refused with
-one line that names the file; there is no fallback to an unsafe load.
-
-The mmit checkpoint (written by :mod:`mmit_fast.train`, :mod:`mmit_fast.models.importers`):
-
-=============  ==================================================================
-key            value
-=============  ==================================================================
-format         ``"mmit-checkpoint"``
-version        int (:data:`CHECKPOINT_VERSION` or older)
-model_spec     ``{"name": str, "num_classes": int, "kwargs": dict}`` for ``create_model``
-classes        list of class names (the vocabulary, in logit order)
-modality       ``"video"`` | ``"audio"`` | ``"audio-video"``
-model          the model's state dict
-config         the training configuration as a plain dict (optional)
-preprocess     what the model expects as input (optional): ``frames``, ``crop``, ``mean``,
-               ``std``, ``sampling`` ...
-=============  ==================================================================
-Training checkpoints add the optimiser, scheduler, loader position and RNG states (as tensors).
-"""
+"""A model from an mmit checkpoint: :func:`from_checkpoint`, and :func:`check_spec_fits` (the
+checkpoint's ``model_spec`` against its weights, on the meta device, before anything is
+allocated). The safe reader itself is :mod:`mmit_fast.models.safe_load` (re-exported here)."""
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
+from .registry import create_model
+from .safe_load import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CLIP_LIMITS, CheckpointError, read_checkpoint,
+                        safe_torch_load)
+
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "read_checkpoint", "from_checkpoint",
            "safe_torch_load", "check_spec_fits", "CLIP_LIMITS"]
-
-CHECKPOINT_FORMAT = "mmit-checkpoint"
-CHECKPOINT_VERSION = 2
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: its message is one line naming the file."""
-
-
-def _zip_claim(path: str) -> Optional[int]:
-    """The bytes the records of a zip-format torch file claim uncompressed (from the zip's
-    central directory: nothing is read or inflated), None for the legacy format."""
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as z:
-            return sum(i.file_size for i in z.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None  # torch.load names the damage
-
-
-def safe_torch_load(path: Any, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with a one-line error naming the file.
-
-    Never falls back to an unsafe load: a file that holds anything but tensors and plain
-    containers is refused (it could run code when unpickled). Sizes are checked before
-    anything is allocated: ``torch.save`` stores every record of its zip uncompressed, so
-    records that claim more bytes than the file holds (a few MB of deflated zeros claiming
-    gigabytes) are refused from the zip's directory alone.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    claim, size = _zip_claim(path), os.path.getsize(path)
-    if claim is not None and claim > size:
-        raise CheckpointError(f"{path}: its zip records claim {claim} bytes in a file of {size} bytes (compressed "
-                              "records, which torch.save never writes); refused before reading them")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"{path}: refused, it holds Python objects beyond tensors and plain containers "
-                f"(loading it could run code; only weights_only checkpoints are read): {first}") from None
-        raise CheckpointError(f"{path}: not a readable torch file ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {first})") from None
-
-
-def read_checkpoint(path: Any, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read an mmit checkpoint safely and check its format and version."""
-    ck = safe_torch_load(path, map_location=map_location)
-    path = os.fspath(path)
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an mmit-fast checkpoint (no format={CHECKPOINT_FORMAT!r}; "
-                              "released models of other layouts: mmit import-weights)")
-    if int(ck.get("version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ck.get('version')} is newer than this mmit-fast "
-                              f"(reads up to {CHECKPOINT_VERSION})")
-    for key in ("model_spec", "model"):
-        if key not in ck:
-            raise CheckpointError(f"{path}: mmit checkpoint without {key!r}")
-    _check_clip_settings(ck, path)
-    return ck
-
-
-#: the largest clip settings a checkpoint may ask for (they size every input a verb allocates)
-CLIP_LIMITS = {"frames": 1024, "crop": 4096, "resize": 4096}
-
-
-def _check_clip_settings(ck: Dict[str, Any], path: str) -> None:
-    """``frames``/``crop``/``resize`` of ``preprocess`` and ``config`` within :data:`CLIP_LIMITS`
-    (export, cam, predict and dissect allocate clips of that size)."""
-    for part in ("preprocess", "config"):
-        d = ck.get(part) or {}
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: {part} is not a mapping")
-        for key, top in CLIP_LIMITS.items():
-            v = d.get(key)
-            if v is None or (key == "resize" and v == 0):
-                continue
-            integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
-            if isinstance(v, bool) or not integral or not 1 <= v <= top:
-                raise CheckpointError(f"{path}: {part} {key}={v!r} is not a sane clip setting (1..{top})")
 
 
 def check_spec_fits(path: str, spec: Dict[str, Any], sd: Dict[str, Any]) -> None:
     """The model ``spec`` describes, built on the meta device (nothing allocated), has exactly
     the tensors and shapes of the weights ``sd``: a spec claiming more (40 million classes over a
     4-row classifier) is refused before the real model is built."""
-    from .registry import create_model
-
     try:
         with torch.device("meta"):
             own = create_model(spec["name"], num_classes=int(spec["num_classes"]), **dict(spec.get("kwargs", {})))
@@ -154,8 +47,6 @@ def from_checkpoint(path: Any, map_location: Any = "cpu") -> nn.Module:
     >>> model = from_checkpoint("runs/demo/train/checkpoints/best.pt")
     >>> model.class_names[:3]
     """
-    from .registry import create_model
-
     ck = read_checkpoint(path, map_location=map_location)
     spec, path = ck["model_spec"], os.fspath(path)
     if not isinstance(spec, dict) or "name" not in spec or "num_classes" not in spec:

@@ -1,9 +1,10 @@
 """Training: ``mmit train`` / ``python -m mmit_fast.train`` / ``torchrun -m mmit_fast.train``.
 
-One job per module, data flowing one way (config -> build -> setup -> loop -> summary):
+One job per module, data flowing one way (config -> setup -> loop -> summary); the model,
+clip spec, loaders and loss are built by :mod:`mmit_fast.recipes` (shared with evaluation and
+interpretation), processes and collectives are :mod:`mmit_fast.distributed`:
 
 =================  ====================================================================
-``build.py``       model, clip spec, loaders, loss, ``preprocess`` record from a config
 ``setup.py``       assembles a run: model (new / pretrained / fine-tune / resumed), DDP,
                    loaders, optimiser, schedule, resume position
 ``step.py``        one micro-batch and one optimiser step, no host sync (running stats)
@@ -11,7 +12,6 @@ One job per module, data flowing one way (config -> build -> setup -> loop -> su
 ``schedule.py``    warm-up + cosine learning rate (continuous across allowed resumes)
 ``checkpoint.py``  the checkpoint dict (tensors and plain data only), atomic save, resume read
 ``resume.py``      what a resume may change (``--resume-allow``), history protection
-``distributed.py`` process group, all-reduce, gather
 ``rng.py``         RNG states as tensors
 ``log.py``         metrics.csv, val_metrics.csv, TensorBoard, one console line per epoch
 ``summary.py``     per-rank records and summary.json
@@ -21,7 +21,7 @@ One job per module, data flowing one way (config -> build -> setup -> loop -> su
 
 Prediction and gathering over ranks live in :mod:`mmit_fast.inference` (shared with
 :mod:`mmit_fast.evaluate`); checkpoints are read only through
-:mod:`mmit_fast.models.checkpoint` (``weights_only=True``).
+:mod:`mmit_fast.models.safe_load` (``weights_only=True``).
 """
 import os
 

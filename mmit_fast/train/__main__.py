@@ -1,5 +1,5 @@
 """``python -m mmit_fast.train`` and ``torchrun -m mmit_fast.train``: the ``mmit train`` verb
-(same flags, same exit codes)."""
+(same flags, same exit codes; the parser lives in :mod:`mmit_fast.train.command`)."""
 import os
 import sys
 
@@ -7,9 +7,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv=None) -> int:
-    from ..cli import main as cli_main
+    from .._exits import run_verb
+    from .command import build_parser, run_cli
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    args = build_parser("python -m mmit_fast.train").parse_args(sys.argv[1:] if argv is None else argv)
+    return run_verb("train", run_cli, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def build_parser(prog: str = "mmit train") -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> int:
     """Train with the parsed flags (over ``base``); print a one-line summary on rank 0."""
-    from .distributed import dist_env
+    from ..distributed import dist_env
     from .loop import train
 
     summary = train(config_from_args(args, base=base))

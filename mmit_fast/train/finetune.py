@@ -5,7 +5,7 @@ import os
 
 from ..config import TrainConfig
 from ..models.checkpoint import read_checkpoint
-from .build import checkpoint_config
+from ..recipes import checkpoint_config
 
 
 def finetune_base_config(checkpoint: str) -> TrainConfig:

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ..config import ConfigError, TrainConfig
 from ..inference import evaluate_model
-from .distributed import all_gather_objects, barrier, dist_env, init_distributed, resolve_device, shutdown
+from ..distributed import all_gather_objects, barrier, dist_env, init_distributed, resolve_device, shutdown
 from .log import VAL_METRICS, TrainLog, epoch_line
 from .rng import rng_state, set_rng_state
 from .schedule import Schedule

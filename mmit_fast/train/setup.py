@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..inference import autocast_context, model_modality, unwrap
 from ..models.checkpoint import CheckpointError, check_spec_fits
-from .build import (build_model, dataset_fingerprint, make_criterion, make_loader_for, model_from_init, model_spec,
+from ..recipes import (build_model, dataset_fingerprint, make_criterion, make_loader_for, model_from_init, model_spec,
                     preprocess_spec)
 from .checkpoint import read_training_checkpoint
 from .log import TrainLog

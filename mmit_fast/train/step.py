@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..inference import forward
-from .distributed import all_reduce_, all_reduce_grads_
+from ..distributed import all_reduce_, all_reduce_grads_
 from .schedule import set_lr
 
 INF = math.inf

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .._io import atomic_write_json
 from ..inference import unwrap
-from .distributed import barrier
+from ..distributed import barrier
 
 
 def param_digest(model: nn.Module) -> str:

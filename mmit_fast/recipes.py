@@ -1,6 +1,9 @@
-"""Everything a run is built from, given its config: the model (fresh, pretrained, from a
-checkpoint), the clip spec and the loaders, the loss, and the ``preprocess`` record stored in
-checkpoints (what the model expects as input)."""
+"""Recipes: everything a run is built from, given its config -- the model (fresh, pretrained,
+from a checkpoint), the clip spec and the loaders, the loss, and the ``preprocess`` record
+stored in checkpoints (what the model expects as input).
+
+Every verb builds from these (``train/``, ``evaluate``, ``interpret``, ``demo``), so they live
+below all of them: nothing here imports ``train/``, ``evaluate`` or ``interpret``."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 def model_spec(cfg: TrainConfig, num_classes: int) -> Dict[str, Any]:
@@ -26,7 +29,7 @@ def model_spec(cfg: TrainConfig, num_classes: int) -> Dict[str, Any]:
 
 
 def build_model(spec: Dict[str, Any], pretrained: str = "") -> nn.Module:
-    from ..models import create_model
+    from .models import create_model
 
     kw = dict(spec.get("kwargs", {}))
     if pretrained:
@@ -41,8 +44,8 @@ def model_from_init(path: str, num_classes: int, replace: bool):
     """(model, spec) for fine-tuning from any checkpoint ``read_checkpoint`` accepts: its
     architecture and weights (:func:`~mmit_fast.models.checkpoint.from_checkpoint`), with a new
     classifier when the vocabulary differs or ``replace`` is set."""
-    from ..models import replace_classifier
-    from ..models.checkpoint import from_checkpoint, read_checkpoint
+    from .models import replace_classifier
+    from .models.checkpoint import from_checkpoint, read_checkpoint
 
     old = read_checkpoint(path)["model_spec"]
     model = from_checkpoint(path).train()
@@ -52,7 +55,7 @@ def model_from_init(path: str, num_classes: int, replace: bool):
 
 
 def clip_spec(cfg_or_dict: Any, model_name: str):
-    from ..data import ClipSpec
+    from .data import ClipSpec
 
     d = cfg_or_dict if isinstance(cfg_or_dict, dict) else cfg_or_dict.to_dict()
     defaults = TrainConfig().to_dict()
@@ -69,8 +72,8 @@ def clip_spec(cfg_or_dict: Any, model_name: str):
 def preprocess_spec(cfg: TrainConfig, model_name: str, modality: str) -> Dict[str, Any]:
     """What the model was trained on: frames, crop, short side, mean/std (on 0-1 RGB), the
     sampling mode (and stride), audio sample rate. Stored as ``preprocess`` in checkpoints."""
-    from ..data.loader import IMAGENET_MEAN, IMAGENET_STD
-    from ..shards import AUDIO_SAMPLE_RATE
+    from .data.loader import IMAGENET_MEAN, IMAGENET_STD
+    from .shards import AUDIO_SAMPLE_RATE
 
     c = clip_spec(cfg, model_name)
     p: Dict[str, Any] = {"frames": int(c.frames), "crop": int(c.crop), "resize": int(c.short_side),
@@ -86,7 +89,7 @@ def preprocess_spec(cfg: TrainConfig, model_name: str, modality: str) -> Dict[st
 def make_loader_for(cfg: TrainConfig, split: str, *, train: bool, rank: int, world: int, device: torch.device,
                     with_audio: bool, views: int = 1, batch_size: Optional[int] = None, data: Optional[str] = None,
                     modality: str = "video"):
-    from ..data import make_loader
+    from .data import make_loader
 
     return make_loader(
         data or cfg.data, split, clip=clip_spec(cfg, cfg.model), batch_size=batch_size or cfg.batch_size,
@@ -97,7 +100,7 @@ def make_loader_for(cfg: TrainConfig, split: str, *, train: bool, rank: int, wor
 
 def make_criterion(cfg: TrainConfig, manifest, split: str, device: torch.device) -> nn.Module:
     """``get_loss(cfg.loss)`` with the class weights of :meth:`TrainConfig.weight_scheme`."""
-    from ..losses import class_weights, get_loss
+    from .losses import class_weights, get_loss
 
     scheme = cfg.weight_scheme()
     w = None

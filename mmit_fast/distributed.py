@@ -8,7 +8,7 @@ from typing import Any, List, Tuple
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
+from .config import ConfigError
 
 
 def dist_env() -> Tuple[int, int, int]:
