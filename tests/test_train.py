@@ -89,8 +89,18 @@ def test_loss_flag_means_the_papers_form(tiny_data):
         assert make_criterion(tiny_cfg(tiny_data, "x", loss=loss), man, "train", dev).weights is None, loss
         c = make_criterion(tiny_cfg(tiny_data, "x", loss=loss, class_weights="min_ratio"), man, "train", dev)
         torch.testing.assert_close(c.weights, w)
-    torch.testing.assert_close(make_criterion(tiny_cfg(tiny_data, "x"), man, "train", dev).weights, w)
+    from mmit_fast.losses.weights import DEFAULT_WLSEP_SCHEME
+
+    auto = make_criterion(tiny_cfg(tiny_data, "x"), man, "train", dev).weights   # --loss wlsep, class_weights: auto
+    torch.testing.assert_close(auto, class_weights(man.class_counts("train"), DEFAULT_WLSEP_SCHEME))
     assert make_criterion(tiny_cfg(tiny_data, "x", class_weights="none"), man, "train", dev).weights is None
+    for spec in ("tempered", "tempered:0.25", "effective_number", "effective_number:0.99"):   # a scheme with its parameter
+        c = make_criterion(tiny_cfg(tiny_data, "x", class_weights=spec), man, "train", dev)
+        torch.testing.assert_close(c.weights, class_weights(man.class_counts("train"), spec))
+    for bad, msg in (("inverse", "unknown scheme 'inverse'"), ("min_ratio:2", "takes no parameter"),
+                     ("tempered:x", "not a number")):
+        with pytest.raises(ConfigError, match=msg):
+            tiny_cfg(tiny_data, "x", class_weights=bad)
     c = make_criterion(tiny_cfg(tiny_data, "x", loss_normalize="pair"), man, "train", dev)
     assert c.normalize == "pair"
     from mmit_fast.evaluate import loss_label  # the table rows say which variant was trained
