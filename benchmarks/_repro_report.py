@@ -30,10 +30,10 @@ def paired(records, task: str, a: str, b: str) -> Dict[str, Dict[str, float]]:
 
 
 def aggregate(records, arms: Sequence[str]) -> Dict[str, Any]:
-    """Per task and arm: mean / sample std / min / max of each metric over seeds, the seeds
-    and the learning rate(s) the runs used."""
+    """Per task (in the records' order) and arm: mean / sample std / min / max of each metric
+    over seeds, the seeds and the learning rate(s) the runs used."""
     out: Dict[str, Any] = {}
-    for task in sorted({r["task"] for r in records}):
+    for task in dict.fromkeys(r["task"] for r in records):
         rows = {}
         for arm in arms:
             rs = sorted((r for r in records if r["task"] == task and r["loss"] == arm), key=lambda r: r["seed"])
