@@ -33,6 +33,9 @@ class ConfigError(ValueError):
 
 
 LOSSES = ("bce", "warp", "lsep", "wlsep")
+#: what ``class_weights: auto`` gave ``--loss wlsep`` before the loss study (issue 20) chose the
+#: present default; a checkpoint that does not record its scheme (``loss_weights``) was trained with it
+AUTO_WLSEP_BEFORE_STUDY = "min_ratio"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -168,6 +171,19 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def checkpoint_weight_scheme(ck: Dict[str, Any]) -> str:
+    """The class-weight scheme a checkpoint's run trained with: the one it recorded
+    (``loss_weights``), else its config's explicit ``class_weights``, else (``auto``, written
+    before runs recorded it) what ``auto`` meant then: :data:`AUTO_WLSEP_BEFORE_STUDY` for wlsep."""
+    if ck.get("loss_weights"):
+        return str(ck["loss_weights"])
+    cfg = ck.get("config") or {}
+    scheme = cfg.get("class_weights", "auto")
+    if scheme != "auto":
+        return scheme
+    return AUTO_WLSEP_BEFORE_STUDY if cfg.get("loss", "wlsep") == "wlsep" else "none"
 
     def save(self, path: str) -> None:
         from ._io import atomic_write_text
