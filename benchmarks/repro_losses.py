@@ -240,9 +240,16 @@ def write(res: Dict[str, Any], out: str, tag: str) -> str:
 
 
 def rewrite(path: str) -> Dict[str, Any]:
-    """Rebuild the markdown and the plot of a saved ``repro_losses*.json`` (and its notes)."""
+    """Rebuild the markdown, the plot (and the derived parts of the JSON: summary, verdicts,
+    scheme effects, decision, from its runs) of a saved ``repro_losses*.json``, with its notes."""
     with open(path) as f:
         res = json.load(f)
+    records, arms = res["runs"], res["losses"]
+    agg = REP.aggregate(records, arms)
+    schemes = [a for a in arms if a in SCHEME_ARMS]
+    res.update(summary=agg, verdict=REP.verdicts(agg, records),
+               scheme_effects=REP.scheme_effects(records, list(agg), schemes, REFERENCE),
+               decision=REP.decide_default(agg, records, schemes, [t for t in agg if t.endswith("/mmit")], REFERENCE))
     out, tag = os.path.dirname(os.path.abspath(path)), os.path.splitext(os.path.basename(path))[0]
     print(write(res, out, tag))
     return res

@@ -51,7 +51,7 @@ __all__ = ["class_weights", "parse_scheme", "SCHEMES", "DEFAULT_WLSEP_SCHEME"]
 
 SCHEMES = ("none", "min_ratio", "tempered", "effective_number")
 _PARAM = {"tempered": "power", "effective_number": "beta"}   # the one parameter a name may carry
-DEFAULT_WLSEP_SCHEME = "min_ratio"
+DEFAULT_WLSEP_SCHEME = "tempered"
 
 
 def parse_scheme(spec: str) -> Tuple[str, Dict[str, float]]:
