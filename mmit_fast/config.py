@@ -172,6 +172,11 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def save(self, path: str) -> None:
+        from ._io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
 
 def checkpoint_weight_scheme(ck: Dict[str, Any]) -> str:
     """The class-weight scheme a checkpoint's run trained with: the one it recorded
@@ -184,11 +189,6 @@ def checkpoint_weight_scheme(ck: Dict[str, Any]) -> str:
     if scheme != "auto":
         return scheme
     return AUTO_WLSEP_BEFORE_STUDY if cfg.get("loss", "wlsep") == "wlsep" else "none"
-
-    def save(self, path: str) -> None:
-        from ._io import atomic_write_text
-
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------------- helpers
