@@ -311,7 +311,9 @@ def test_eval_writes_metrics_files(tiny_data, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli.main(["eval", ck, "--split", "val", "--split", "test", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| I3D-R18w8 | wLSEP |" in printed and "chance" in printed
+    from mmit_fast.losses.weights import DEFAULT_WLSEP_SCHEME   # the row names the weights the run recorded
+
+    assert f"| I3D-R18w8 | wLSEP ({DEFAULT_WLSEP_SCHEME} weights) |" in printed and "chance" in printed
     classes = read_checkpoint(ck)["classes"]
     for split in ("val", "test"):
         m = json.load(open(out / f"{split}_metrics.json"))
