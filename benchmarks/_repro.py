@@ -19,8 +19,15 @@ Tasks
   Training and evaluation images are built from disjoint halves of the digit scans.
   Model: ResNet-18 2D (``mmit_fast.models.resnet2d``, width 16).
 
-Training: AdamW (lr 2e-3, weight decay 0.05), one warm-up epoch then cosine to 0, the same
-schedule and batch for every loss; the seed sets the initialisation and the batch order.
+With ``num_val > 0`` each task also has a validation split (``x_val`` / ``y_val``) drawn like
+the training split, with the same missing labels (video: the labels after dropout), for
+choosing a learning rate without looking at the held-out (``eval``) set.
+
+Training: AdamW (lr ``spec.lr`` unless given, weight decay 0.05), one warm-up epoch then cosine
+to 0, the same schedule and batch for every loss; the seed sets the initialisation and the
+batch order. An *arm* names a loss and its class weights: ``"lsep"``, ``"wlsep"`` (min_ratio,
+the authors'), ``"wlsep:tempered"``, ``"wlsep:effective_number:0.99"``, ``"wbce"``...
+(:func:`parse_arm`).
 """
 from __future__ import annotations
 
@@ -55,6 +62,8 @@ class TaskSpec:
     epochs: int = 12
     batch: int = 32
     lr: float = 2e-3
+    num_val: int = 0             # validation split, labelled like the training split
+    width: int = 0               # model base width (0: video 8, digits 16)
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -68,16 +77,16 @@ def _render(cfg, index: int):
 
 
 def make_video_task(spec: TaskSpec) -> Dict[str, Any]:
-    """Render ``num_train + num_eval`` videos (10 fps, 2 s -> 20 frames, ``size`` px).
+    """Render ``num_train + num_val + num_eval`` videos (10 fps, 2 s -> 20 frames, ``size`` px).
 
     Returns ``x_train`` / ``x_eval`` uint8 [N,T,H,W,3], ``y_train`` (labels after dropout),
-    ``y_eval`` (complete ground truth), ``y_eval_labelled`` (after dropout), ``classes``.
+    ``y_eval`` (complete ground truth), ``y_eval_labelled`` (after dropout), ``classes``; with
+    ``num_val``, ``x_val`` / ``y_val`` (labels after dropout, like training).
     """
-    from mmit_fast.pack.synth import VISUAL_ACTIONS, SynthConfig
+    from mmit_fast.pack.synth import VISUAL_ACTIONS
 
-    n = spec.num_train + spec.num_eval
-    cfg = SynthConfig(num_videos=n, seed=spec.data_seed, size=spec.size, fps=10.0, seconds=2.0, tail=spec.tail,
-                      label_dropout=spec.label_dropout, no_audio_prob=1.0)
+    cfg = _synth_config(spec)
+    n = spec.num_train + spec.num_val + spec.num_eval
     C = len(VISUAL_ACTIONS)
     frames = np.empty((n, cfg.frames, spec.size, spec.size, 3), np.uint8)
     present = np.zeros((n, C), bool)
@@ -88,11 +97,51 @@ def make_video_task(spec: TaskSpec) -> Dict[str, Any]:
         present[i, [c for c in r["present"] if c < C]] = True
         labelled[i, [c for c in r["labels"] if c < C]] = True
     tr = np.arange(spec.num_train)
-    ev = np.arange(spec.num_train, n)
+    va = np.arange(spec.num_train, spec.num_train + spec.num_val)
+    ev = np.arange(spec.num_train + spec.num_val, n)
     tr = tr[labelled[tr].any(1)]          # no visual label left: nothing to learn from
+    va = va[labelled[va].any(1)]          # the validation split is what training sees
     ev = ev[present[ev].any(1)]           # no visual action: nothing to find
-    return {"x_train": frames[tr], "y_train": labelled[tr], "x_eval": frames[ev], "y_eval": present[ev],
-            "y_eval_labelled": labelled[ev], "classes": list(VISUAL_ACTIONS)}
+    out = {"x_train": frames[tr], "y_train": labelled[tr], "x_eval": frames[ev], "y_eval": present[ev],
+           "y_eval_labelled": labelled[ev], "classes": list(VISUAL_ACTIONS)}
+    if spec.num_val:
+        out["x_val"], out["y_val"] = frames[va], labelled[va]
+    return out
+
+
+def _synth_config(spec: TaskSpec, num_videos: Optional[int] = None):
+    from mmit_fast.pack.synth import SynthConfig
+
+    n = spec.num_train + spec.num_val + spec.num_eval if num_videos is None else num_videos
+    return SynthConfig(num_videos=n, seed=spec.data_seed, size=spec.size, fps=10.0, seconds=2.0, tail=spec.tail,
+                       label_dropout=spec.label_dropout, no_audio_prob=1.0)
+
+
+def train_label_counts(spec: TaskSpec) -> np.ndarray:
+    """Per-class counts of the training labels the task will have, without rendering or
+    composing images (the same draws as :func:`make_task`): what the class weights see."""
+    if spec.kind == "digits":
+        return make_digits_task(spec, only_train_labels=True)["y_train"].sum(0)
+    from mmit_fast.pack.synth import VISUAL_ACTIONS, sample_labels
+
+    cfg, C = _synth_config(spec), len(VISUAL_ACTIONS)
+    counts = np.zeros(C, np.int64)
+    for i in range(spec.num_train):
+        for c in sample_labels(cfg, i)[1]:
+            if c < C:
+                counts[c] += 1
+    return counts
+
+
+def shape_figures(counts) -> Dict[str, Any]:
+    """The figures the results quote about a per-class count vector: sorted counts,
+    median/mean, max/min, the share of the labels in the 5 most frequent classes."""
+    c = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
+    seen = c[c > 0]
+    return {"counts": [int(v) for v in c], "classes": int(c.size), "median_over_mean": float(np.median(c) / c.mean()),
+            "max_over_min": float(seen.max() / seen.min()) if seen.size else float("nan"),
+            "top5_share": float(c[:5].sum() / c.sum()) if c.sum() else float("nan"), "mean": float(c.mean()),
+            "median": float(np.median(c))}
 
 
 # --------------------------------------------------------------------------- digits task
@@ -126,7 +175,9 @@ def compose_digits(images: np.ndarray, digit_labels: np.ndarray, n: int, probs: 
     return x, y, cells
 
 
-def make_digits_task(spec: TaskSpec) -> Dict[str, Any]:
+def make_digits_task(spec: TaskSpec, only_train_labels: bool = False) -> Dict[str, Any]:
+    """Digit grids for training, validation (``num_val``, composed from the training half of the
+    scans, labelled alike: complete, as training) and evaluation (the other half)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -135,11 +186,15 @@ def make_digits_task(spec: TaskSpec) -> Dict[str, Any]:
     half = len(perm) // 2
     probs = digit_class_probs(spec.tail, spec.data_seed)
     out: Dict[str, Any] = {"classes": [str(c) for c in range(10)], "probs": probs}
-    for part, idx, n in (("train", perm[:half], spec.num_train), ("eval", perm[half:], spec.num_eval)):
+    parts = (("train", perm[:half], spec.num_train), ("val", perm[:half], spec.num_val), ("eval", perm[half:], spec.num_eval))
+    for part, idx, n in parts[:1] if only_train_labels else parts:
+        if part == "val" and not n:
+            continue
         x, y, cells = compose_digits(d.images[idx], d.target[idx], n, probs, rng)
         out[f"x_{part}"], out[f"y_{part}"] = x, y
         out[f"cells_{part}"] = np.where(cells >= 0, idx[np.maximum(cells, 0)], -1)   # index into load_digits()
-    out["y_eval_labelled"] = out["y_eval"]
+    if not only_train_labels:
+        out["y_eval_labelled"] = out["y_eval"]
     return out
 
 
@@ -161,13 +216,13 @@ def make_task(spec: TaskSpec, cache_dir: Optional[str] = None) -> Dict[str, Any]
 
 
 # --------------------------------------------------------------------------- model and batches
-def make_model(kind: str, num_classes: int) -> torch.nn.Module:
+def make_model(kind: str, num_classes: int, width: int = 0) -> torch.nn.Module:
     from mmit_fast.models import create_model
     from mmit_fast.models.resnet2d import resnet2d
 
     if kind == "video":
-        return create_model("i3d", num_classes, depth=18, width=8, conv1_t=1)
-    return resnet2d(depth=18, num_classes=num_classes, width=16)
+        return create_model("i3d", num_classes, depth=18, width=width or 8, conv1_t=1)
+    return resnet2d(depth=18, num_classes=num_classes, width=width or 16)
 
 
 def video_batch(x: np.ndarray, rng: Optional[np.random.Generator], crop: int, frames: int = 8, stride: int = 2):
@@ -196,18 +251,41 @@ def to_input(kind: str, x: np.ndarray, rng: Optional[np.random.Generator], size:
 
 
 # --------------------------------------------------------------------------- losses
-#: name -> (loss function name in mmit_fast.losses, weighted by min_ratio class weights)
-LOSSES = {"bce": ("bce", False), "wbce": ("bce", True), "warp": ("warp", False), "wwarp": ("warp", True),
-          "lsep": ("lsep", False), "wlsep": ("wlsep", True)}
+#: short names -> (loss function name in mmit_fast.losses, class weight scheme)
+LOSSES = {"bce": ("bce", "none"), "wbce": ("bce", "min_ratio"), "warp": ("warp", "none"),
+          "wwarp": ("warp", "min_ratio"), "lsep": ("lsep", "none"), "wlsep": ("wlsep", "min_ratio")}
+_NAMES = {"bce": "BCE", "warp": "WARP", "lsep": "LSEP", "wlsep": "wLSEP"}
 LABELS = {"bce": "BCE", "wbce": "BCE (weighted)", "warp": "WARP", "wwarp": "WARP (weighted)", "lsep": "LSEP",
           "wlsep": "wLSEP"}
 
 
-def make_criterion(name: str, train_targets: np.ndarray) -> torch.nn.Module:
+def parse_arm(arm: str):
+    """``"wlsep:tempered:0.25"`` -> ``("wlsep", "tempered:0.25")``; a short name of :data:`LOSSES`
+    -> its pair. The scheme is checked by ``mmit_fast.losses.weights.parse_scheme``."""
+    from mmit_fast.losses.weights import parse_scheme
+
+    if arm in LOSSES:
+        return LOSSES[arm]
+    loss, sep, scheme = arm.partition(":")
+    if loss not in _NAMES or not sep:
+        raise ValueError(f"unknown arm {arm!r}: a name of {sorted(LOSSES)} or loss:scheme with loss in {sorted(_NAMES)}")
+    parse_scheme(scheme)
+    return loss, scheme
+
+
+def arm_label(arm: str) -> str:
+    """``"wlsep:tempered"`` -> ``"wLSEP (tempered)"``; short names keep their :data:`LABELS`."""
+    if arm in LABELS:
+        return LABELS[arm]
+    loss, scheme = parse_arm(arm)
+    return f"{_NAMES[loss]} ({scheme})" if scheme != "none" else f"{_NAMES[loss]} (no weights)"
+
+
+def make_criterion(arm: str, train_targets: np.ndarray) -> torch.nn.Module:
     from mmit_fast.losses import class_weights, get_loss
 
-    fn, weighted = LOSSES[name]
-    w = class_weights(train_targets.sum(0), "min_ratio") if weighted else None
+    fn, scheme = parse_arm(arm)
+    w = class_weights(train_targets.sum(0), scheme) if scheme != "none" else None
     return get_loss(fn, weights=w)
 
 
@@ -228,18 +306,19 @@ def predict(model: torch.nn.Module, kind: str, x: np.ndarray, size: int, batch: 
 
 
 def train_model(spec: TaskSpec, task: Dict[str, Any], loss: str, seed: int, *,
-                y_train: Optional[np.ndarray] = None, log=None) -> torch.nn.Module:
-    """Train a fresh model with ``loss`` on ``task`` (``y_train`` overrides its labels)."""
+                y_train: Optional[np.ndarray] = None, lr: Optional[float] = None, log=None) -> torch.nn.Module:
+    """Train a fresh model with arm ``loss`` on ``task`` (``y_train`` overrides its labels,
+    ``lr`` the spec's learning rate). Reads ``x_train`` and the training labels only."""
     y = task["y_train"] if y_train is None else y_train
     x = task["x_train"]
+    lr = spec.lr if lr is None else lr
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2024])
-    model = make_model(spec.kind, y.shape[1])
+    model = make_model(spec.kind, y.shape[1], spec.width)
     crit = make_criterion(loss, y)
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                            lr=spec.lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr)
     per_epoch = len(x) // spec.batch
     total = per_epoch * spec.epochs
     step = 0
@@ -250,7 +329,7 @@ def train_model(spec: TaskSpec, task: Dict[str, Any], loss: str, seed: int, *,
         for b in range(per_epoch):
             idx = np.sort(order[b * spec.batch:(b + 1) * spec.batch])
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, per_epoch, spec.lr)
+                g["lr"] = lr_at(step, total, per_epoch, lr)
             out = model(to_input(spec.kind, x[idx], rng, spec.size))
             value = crit(out, torch.from_numpy(y[idx].astype(np.float32)))
             opt.zero_grad(set_to_none=True)
@@ -270,14 +349,18 @@ def evaluate_scores(scores: np.ndarray, targets: np.ndarray, **kw) -> Dict[str, 
     return {k: float(m[k]) for k in METRICS + ("pooled_ap", "num_videos")}
 
 
-def run_one(spec: TaskSpec, task: Dict[str, Any], loss: str, seed: int, log=None) -> Dict[str, Any]:
+def run_one(spec: TaskSpec, task: Dict[str, Any], loss: str, seed: int, log=None, *, lr: Optional[float] = None,
+            split: str = "eval") -> Dict[str, Any]:
+    """Train arm ``loss`` with ``seed`` (at ``lr``) and evaluate on ``split``: ``"eval"`` (the
+    held-out set: complete ground truth, and the video task's labels after dropout) or
+    ``"val"`` (the validation split only: ``task`` need not hold any held-out data)."""
     t0 = time.time()
-    model = train_model(spec, task, loss, seed, log=log)
+    model = train_model(spec, task, loss, seed, lr=lr, log=log)
     t1 = time.time()
-    scores = predict(model, spec.kind, task["x_eval"], spec.size)
-    res = {"task": spec.kind, "loss": loss, "seed": seed, "train_s": t1 - t0, "eval_s": time.time() - t1,
-           "metrics": evaluate_scores(scores, task["y_eval"])}
-    if spec.kind == "video":
+    scores = predict(model, spec.kind, task[f"x_{split}"], spec.size)
+    res = {"task": spec.kind, "loss": loss, "seed": seed, "lr": spec.lr if lr is None else lr, "split": split,
+           "train_s": t1 - t0, "eval_s": time.time() - t1, "metrics": evaluate_scores(scores, task[f"y_{split}"])}
+    if spec.kind == "video" and split == "eval":
         res["metrics_labelled"] = evaluate_scores(scores, task["y_eval_labelled"])
     return res
 

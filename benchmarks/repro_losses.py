@@ -1,25 +1,28 @@
-"""The paper's loss comparison (Tables 1 and 3) reproduced at CPU scale.
+"""The paper's loss comparison (Tables 1 and 3) at CPU scale, done fairly: the loss form and
+the class-weight scheme as separate axes, each arm's learning rate tuned on a validation
+split, and two label shapes per task.
 
-The same model, data and schedule trained with each loss, several seeds each, on two
-long-tailed multi-label tasks (see ``benchmarks/_repro.py``):
+* Tasks (``benchmarks/_repro.py``): ``video`` -- Multi-Moving-Shapes clips, 20 visual classes,
+  label dropout 0.3 on the training (and validation) labels, complete ground truth on the test
+  set, I3D-R18; ``digits`` -- 32x32 grids of scikit-learn's handwritten digits, ResNet-18 2D.
+* Label shapes: ``head`` -- today's Zipf tail 1.0 (head-heavy: median/mean of the training
+  counts ~0.5); ``mmit`` -- M-MiT's shape, the Zipf exponent fitted so that the training counts
+  have M-MiT's median/mean 5478/6432 = 0.852 (``benchmarks/_label_shape.py`` says how).
+* Arms: BCE, weighted BCE (min_ratio), WARP, LSEP (the paper's eqs. 1-3 as printed), and
+  wLSEP (eq. 4) x each weight scheme of ``mmit_fast.losses.weights``: none, min_ratio (the
+  authors'), tempered (power 0.5), effective_number (beta 0.99).
+* Protocol: per task and arm, train with the selection seed at each rate of ``--lr-grid``
+  (AdamW; default 2e-3, 6e-3, 1.8e-2) and keep the rate with the best micro mAP on the
+  validation split; the selection sees only the training and validation arrays
+  (:func:`selection_view`). Then the final seeds (default 1, 2, 3) at that rate, evaluated on
+  the test set: mean, sample std, min-max, and paired per-seed verdicts.
+* The class-weight default for ``--loss wlsep`` follows :func:`_repro_report.decide_default`.
 
-* ``video``: Multi-Moving-Shapes clips (20 visual classes, Zipf tail 1.0, label dropout 0.3 on
-  the training labels: an absent label is unknown, as in M-MiT), I3D-R18 width 8;
-* ``digits``: 32x32 grids of scikit-learn's handwritten digits, labels = digits present
-  (Zipf tail 1.0), ResNet-18 2D width 16.
+    python benchmarks/repro_losses.py --quick            # the whole grid on tiny tasks (CI, seconds)
+    nice -n 10 python benchmarks/repro_losses.py --save  # the committed study
 
-Losses: ``bce``, ``warp``, ``lsep`` (the paper's eqs. 1-3, unweighted), ``wlsep`` (eq. 4 with
-the authors' ``min_ratio`` class weights) and ``wbce`` (eq. 1 with the same weights: it
-separates the effect of the weights from the effect of the ranking loss); ``wwarp`` on request.
-Reported: top-1, top-5, micro and macro mAP on the held-out set as mean, sample std and
-min-max over seeds, and wLSEP's paired difference (same seed = same initialisation and
-batch order) to every other loss.
-
-    python benchmarks/repro_losses.py --quick            # CI-sized smoke run (< 1 minute)
-    nice -n 10 python benchmarks/repro_losses.py --save  # the committed grid (about 30 min on 2 idle cores)
-
-Runs already finished are kept in ``benchmarks/results/tmp/repro_losses_runs/`` and skipped
-when the grid is run again (``--fresh`` re-runs them).
+Finished runs are kept in ``benchmarks/results/tmp/repro_losses_runs/`` and reused when the
+grid is run again (``--fresh`` re-runs them), so an interrupted study resumes.
 """
 from __future__ import annotations
 
@@ -29,237 +32,278 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _label_shape as LS  # noqa: E402
 import _repro as R  # noqa: E402
+import _repro_report as REP  # noqa: E402
 from _machine import SCRATCH, add_output_args, cpu_model, load_average, results_dir  # noqa: E402
 
 FULL = {
-    "video": R.TaskSpec("video", num_train=1200, num_eval=400, tail=1.0, label_dropout=0.3, size=52, epochs=12,
-                        batch=32),
-    "digits": R.TaskSpec("digits", num_train=4000, num_eval=2000, tail=1.0, epochs=8, batch=64),
+    "video": R.TaskSpec("video", num_train=640, num_val=200, num_eval=360, tail=1.0, label_dropout=0.3, size=40,
+                        epochs=8, batch=16),
+    "digits": R.TaskSpec("digits", num_train=1600, num_val=600, num_eval=1200, tail=1.0, epochs=8, batch=64),
 }
 QUICK = {
-    "video": R.TaskSpec("video", num_train=48, num_eval=24, tail=1.0, label_dropout=0.3, size=36, epochs=2, batch=8),
-    "digits": R.TaskSpec("digits", num_train=128, num_eval=64, tail=1.0, epochs=2, batch=32),
+    "video": R.TaskSpec("video", num_train=24, num_val=12, num_eval=12, tail=1.0, label_dropout=0.3, size=32,
+                        epochs=1, batch=8, width=4),
+    "digits": R.TaskSpec("digits", num_train=64, num_val=32, num_eval=32, tail=1.0, epochs=1, batch=32, width=4),
 }
-DEFAULT_LOSSES = ("bce", "wbce", "warp", "lsep", "wlsep")
+REFERENCE = "wlsep:min_ratio"
+SCHEME_ARMS = ("wlsep:none", REFERENCE, "wlsep:tempered", "wlsep:effective_number:0.99")
+ARMS = ("bce", "wbce", "warp", "lsep") + SCHEME_ARMS
+LR_GRID = (2e-3, 6e-3, 1.8e-2)
+SELECT_SEED = 0
+SHAPES = ("mmit", "head")      # M-MiT-shaped first: the default is decided on them
+SELECTION_KEYS = ("x_train", "y_train", "x_val", "y_val", "classes")
+_NEW = [0]   # runs trained (not reused) by this process
 
 
 def _log(msg: str) -> None:
     print(f"[repro_losses] {msg}", flush=True)
 
 
-def run_grid(specs: Dict[str, R.TaskSpec], losses, seeds, runs_dir: str, fresh: bool = False,
-             verbose: bool = False) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    """Train and evaluate every (seed, task, loss), seed-major so a partial grid is balanced.
-    Each finished run is saved as ``runs_dir/<task>-<loss>-s<seed>-<spec hash>.json``."""
+def task_specs(base: Dict[str, R.TaskSpec], kinds: Sequence[str], shapes: Sequence[str] = SHAPES) -> Dict[str, R.TaskSpec]:
+    """``{"video/mmit": spec, "digits/mmit": spec, "digits/head": ..., "video/head": ...}``: ``head``
+    is the base spec (tail 1.0), ``mmit`` the same spec with the Zipf exponent fitted to M-MiT's
+    median/mean. The kind order alternates per shape, so that ``--jobs 2`` (every other task to a
+    worker) gives each worker one task of each kind."""
+    out = {}
+    for i, shape in enumerate(shapes):
+        for kind in (kinds if i % 2 == 0 else list(reversed(kinds))):
+            spec = base[kind]
+            out[f"{kind}/{shape}"] = replace(spec, tail=LS.fit_tail(spec)) if shape == "mmit" else spec
+    return out
+
+
+def selection_view(task: Dict[str, Any]) -> Dict[str, Any]:
+    """What learning-rate selection may read: the training and validation arrays, nothing of
+    the test set."""
+    missing = [k for k in ("x_val", "y_val") if k not in task]
+    if missing:
+        raise ValueError(f"the task has no validation split ({missing}): give its spec num_val > 0")
+    return {k: task[k] for k in SELECTION_KEYS}
+
+
+def choose_lr(val: Dict[float, Dict[str, float]], metric: str = REP.PRIMARY) -> float:
+    """The rate with the best validation ``metric``; a tie goes to the smaller rate."""
+    return min(val, key=lambda lr: (-val[lr][metric], lr))
+
+
+def _cached(path: str, fresh: bool, make: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    if os.path.exists(path) and not fresh:
+        with open(path) as f:
+            return json.load(f)
+    rec = make()
+    rec["load_avg"] = load_average()
+    _NEW[0] += 1
+    with open(path + ".tmp", "w") as f:
+        json.dump(rec, f)
+    os.replace(path + ".tmp", path)
+    return rec
+
+
+def _run_path(runs_dir: str, name: str, spec: R.TaskSpec, arm: str, split: str, seed: int, lr: float) -> str:
+    arm_s = arm.replace(":", "_")
+    return os.path.join(runs_dir, f"{name.replace('/', '-')}-{arm_s}-{split}-s{seed}-lr{lr:g}-{spec.key()}.json")
+
+
+def tune(name: str, spec: R.TaskSpec, view: Dict[str, Any], arm: str, grid: Sequence[float], seed: int,
+         runs_dir: str, fresh: bool = False, log=None) -> Dict[str, Any]:
+    """Train ``arm`` at each rate of ``grid`` with ``seed`` on ``view`` (a :func:`selection_view`),
+    score each on the validation split; ``{"lr": chosen, "val": {lr: metrics}}``."""
+    val = {}
+    for lr in grid:
+        def make(lr=lr):
+            if log:
+                log(f"{name} {R.arm_label(arm)} lr {lr:g} (selection, seed {seed}; load {load_average()})")
+            return R.run_one(spec, view, arm, seed, lr=lr, split="val")
+        val[lr] = _cached(_run_path(runs_dir, name, spec, arm, "val", seed, lr), fresh, make)["metrics"]
+    return {"lr": choose_lr(val), "val": {str(lr): m[REP.PRIMARY] for lr, m in val.items()}}
+
+
+def final_runs(name: str, spec: R.TaskSpec, task: Dict[str, Any], arm: str, lr: float, seeds: Sequence[int],
+               runs_dir: str, fresh: bool = False, log=None) -> List[Dict[str, Any]]:
+    out = []
+    for seed in seeds:
+        def make(seed=seed):
+            rec = R.run_one(spec, task, arm, seed, lr=lr)
+            if log:
+                m = rec["metrics"]
+                log(f"{name} {R.arm_label(arm)} lr {lr:g} seed {seed}: top1 {m['top1']:.3f} micro {m['micro_map']:.3f} "
+                    f"macro {m['macro_map']:.3f} ({rec['train_s']:.0f}s, load {load_average()})")
+            return rec
+        rec = _cached(_run_path(runs_dir, name, spec, arm, "eval", seed, lr), fresh, make)
+        rec["task"] = name
+        out.append(rec)
+    return out
+
+
+def run_grid(specs: Dict[str, R.TaskSpec], arms, grid, seeds, runs_dir: str, fresh: bool = False, log=None):
+    """Per task (in ``specs``' order) and arm: select the rate, then the final seeds.
+    Returns ``(records, selection, tasks)``."""
+    os.makedirs(runs_dir, exist_ok=True)
+    records, selection, tasks = [], {}, {}
+    for name, spec in specs.items():
+        task = tasks[name] = R.make_task(spec, os.path.join(SCRATCH, "cache"))
+        view = selection_view(task)
+        selection[name] = {}
+        for arm in arms:
+            sel = selection[name][arm] = tune(name, spec, view, arm, grid, SELECT_SEED, runs_dir, fresh, log)
+            records += final_runs(name, spec, task, arm, sel["lr"], seeds, runs_dir, fresh, log)
+    return records, selection, tasks
+
+
+def _worker(specs, arms, grid, seeds, runs_dir, fresh, threads) -> int:
     import torch
 
-    os.makedirs(runs_dir, exist_ok=True)
-    tasks = {name: R.make_task(spec, os.path.join(SCRATCH, "cache")) for name, spec in specs.items()}
-    records = []
-    for seed in seeds:
-        for name, spec in specs.items():
-            for loss in losses:
-                path = os.path.join(runs_dir, f"{name}-{loss}-s{seed}-{spec.key()}.json")
-                if os.path.exists(path) and not fresh:
-                    with open(path) as f:
-                        records.append(json.load(f))
-                    continue
-                _log(f"{name} {loss} seed {seed} (threads {torch.get_num_threads()}, load {load_average()})")
-                rec = R.run_one(spec, tasks[name], loss, seed, log=_log if verbose else None)
-                rec["load_avg"] = load_average()
-                m = rec["metrics"]
-                _log(f"  -> top1 {m['top1']:.3f} top5 {m['top5']:.3f} micro {m['micro_map']:.3f} "
-                     f"macro {m['macro_map']:.3f} ({rec['train_s']:.0f}s)")
-                with open(path + ".tmp", "w") as f:
-                    json.dump(rec, f)
-                os.replace(path + ".tmp", path)
-                records.append(rec)
-    return records, tasks
+    torch.set_num_threads(threads)
+    run_grid(specs, arms, grid, seeds, runs_dir, fresh, _log)
+    return _NEW[0]
 
 
-def aggregate(records, losses) -> Dict[str, Any]:
-    """Per task and loss: mean/std/min/max of each metric; wLSEP's paired differences."""
-    out: Dict[str, Any] = {}
-    for task in sorted({r["task"] for r in records}):
-        rows = {}
-        for loss in losses:
-            rs = sorted((r for r in records if r["task"] == task and r["loss"] == loss), key=lambda r: r["seed"])
-            if rs:
-                rows[loss] = {k: R.summarise([r["metrics"][k] for r in rs]) for k in R.METRICS}
-                rows[loss]["seeds"] = [r["seed"] for r in rs]
-        diffs = {}
-        ours = {r["seed"]: r["metrics"] for r in records if r["task"] == task and r["loss"] == "wlsep"}
-        for loss in losses:
-            if loss == "wlsep" or not ours:
-                continue
-            other = {r["seed"]: r["metrics"] for r in records if r["task"] == task and r["loss"] == loss}
-            common = sorted(set(ours) & set(other))
-            if common:
-                diffs[loss] = {k: R.summarise([ours[s][k] - other[s][k] for s in common]) for k in R.METRICS}
-        out[task] = {"losses": rows, "wlsep_minus": diffs}
+def run_parallel(specs: Dict[str, R.TaskSpec], arms, grid, seeds, runs_dir: str, jobs: int, fresh: bool, threads: int):
+    """Every other task to each of ``jobs`` worker processes (``threads`` torch threads each),
+    then the finished runs are read back in order. On a loaded 2-core machine two 1-thread
+    workers train faster than one 2-thread process (no OpenMP barrier waits on a busy core)."""
+    if jobs <= 1:
+        return run_grid(specs, arms, grid, seeds, runs_dir, fresh, _log)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = list(specs)
+    parts = [{n: specs[n] for n in names[j::jobs]} for j in range(jobs)]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = [ex.submit(_worker, part, arms, grid, seeds, runs_dir, fresh, threads) for part in parts if part]
+        _NEW[0] += sum(f.result() for f in futs)
+    return run_grid(specs, arms, grid, seeds, runs_dir, False, None)
+
+
+def baselines(task: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    """The trivial answers and the ceiling on the test set: random scores; the training
+    frequency prior (every video gets the classes ranked by their training count); a perfect
+    ranking (the ground truth itself)."""
+    import numpy as np
+    from mmit_fast.evaluate import chance_metrics
+
+    y = task["y_eval"]
+    counts = task["y_train"].sum(0).astype(np.float64)
+    prior = np.broadcast_to(counts + 1e-3 * np.arange(counts.size)[::-1], y.shape).astype(np.float32)
+    return {"chance (random scores)": chance_metrics(y),
+            "frequency prior (training counts)": R.evaluate_scores(prior, y),
+            "ceiling (perfect ranking)": R.evaluate_scores(y.astype(np.float32), y)}
+
+
+def shapes(specs, tasks) -> Dict[str, Any]:
+    out = {}
+    for name, spec in specs.items():
+        t = tasks[name]
+        out[name] = {"tail": spec.tail, "train": R.shape_figures(t["y_train"].sum(0)),
+                     "test": R.shape_figures(t["y_eval"].sum(0)),
+                     "sizes": f"{len(t['y_train'])} / {len(t['y_val'])} / {len(t['y_eval'])}"}
     return out
 
 
-def verdicts(agg: Dict[str, Any]) -> Dict[str, Dict[str, str]]:
-    """Per task and metric: 'wins' when wLSEP has the best mean and beats the runner-up in every
-    seed (paired), 'best mean, within noise' when its mean is best but some seed disagrees,
-    else 'loses to <loss>' (naming the best mean)."""
-    out: Dict[str, Dict[str, str]] = {}
-    for task, a in agg.items():
-        out[task] = {}
-        rows = a["losses"]
-        if "wlsep" not in rows:
-            continue
-        for k in R.METRICS:
-            best = max(rows, key=lambda loss: rows[loss][k]["mean"])
-            if best != "wlsep":
-                d = a["wlsep_minus"][best][k]
-                if abs(d["mean"]) < 5e-4:
-                    out[task][k] = f"ties with {R.LABELS[best]} (per-seed {100 * d['min']:+.1f}..{100 * d['max']:+.1f} pt)"
-                    continue
-                noise = " (within noise)" if d["max"] > 0 else ""
-                out[task][k] = f"loses to {R.LABELS[best]} by {-100 * d['mean']:.1f} pt{noise}"
-                continue
-            others = [loss for loss in rows if loss != "wlsep"]
-            if not others:
-                out[task][k] = "only loss run"
-                continue
-            runner = max(others, key=lambda loss: rows[loss][k]["mean"])
-            d = a["wlsep_minus"][runner][k]
-            tag = "wins" if d["min"] > 0 else "best mean, within noise"
-            out[task][k] = f"{tag} (+{100 * d['mean']:.1f} pt over {R.LABELS[runner]}, per-seed {100 * d['min']:+.1f}..{100 * d['max']:+.1f})"
-    return out
+def spec_text(spec: R.TaskSpec) -> str:
+    width = spec.width or (8 if spec.kind == "video" else 16)
+    drop = f", label dropout {spec.label_dropout}" if spec.kind == "video" else ", no missing labels"
+    px = f", {spec.size} px frames ({spec.size - 4} px crops)" if spec.kind == "video" else ""
+    return (f"{spec.num_train} train / {spec.num_val} val / {spec.num_eval} test generated, Zipf tail {spec.tail:.2f}"
+            f"{drop}{px}, width {width}, {spec.epochs} epochs, batch {spec.batch}")
 
 
-def _cell(s: Dict[str, float]) -> str:
-    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({100 * s['min']:.1f}-{100 * s['max']:.1f})"
+def summarise_study(specs, arms, grid, seeds, records, selection, tasks, meta) -> Dict[str, Any]:
+    agg = REP.aggregate(records, arms)
+    mmit = [t for t in specs if t.endswith("/mmit")]
+    schemes = [a for a in arms if a in SCHEME_ARMS]
+    return {"meta": meta, "specs": {t: s.__dict__ for t, s in specs.items()},
+            "specs_text": {t: spec_text(s) for t, s in specs.items()}, "losses": list(arms), "lr_grid": list(grid),
+            "select_seed": SELECT_SEED, "runs": records, "selection": selection, "summary": agg,
+            "verdict": REP.verdicts(agg, records), "baselines": {t: baselines(tasks[t]) for t in specs},
+            "shapes": shapes(specs, tasks), "mmit_reference": LS.mmit_power_law(),
+            "scheme_effects": REP.scheme_effects(records, list(specs), schemes, REFERENCE),
+            "decision": REP.decide_default(agg, records, schemes, mmit, REFERENCE)}
 
 
-def markdown(agg, verdict, chance, specs, meta) -> str:
-    lines = [f"# Loss comparison (Tables 1/3 style), {meta['when']}", "",
-             f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} ({meta['threads']} threads); "
-             f"load average (1/5/15 min) at start {R.fmt_load(meta['load_start'])}, at end {R.fmt_load(meta['load_end'])} "
-             "(the machine was shared with other work). "
-             f"Seeds: {meta['seeds']}. Total {meta['elapsed_s'] / 60:.0f} min.", "",
-             "Cells: mean ± sample std (min-max) over seeds, in percent, on the held-out set "
-             "(video: complete ground truth).", ""]
-    for task, a in agg.items():
-        spec = specs[task]
-        lines += [f"## {task}: {spec.num_train} train / {spec.num_eval} eval, tail {spec.tail}, "
-                  f"label dropout {spec.label_dropout}, {spec.epochs} epochs, batch {spec.batch}", "",
-                  "| loss | top-1 | top-5 | micro mAP | macro mAP |", "|---|---|---|---|---|"]
-        for loss, row in a["losses"].items():
-            lines.append(f"| {R.LABELS[loss]} | " + " | ".join(_cell(row[k]) for k in R.METRICS) + " |")
-        ch = chance.get(task) or {}
-        lines.append("| chance (random scores) | " + " | ".join(f"{100 * ch.get(k, float('nan')):.1f}" for k in R.METRICS) + " |")
-        lines += ["", "wLSEP: " + "; ".join(f"{k}: {v}" for k, v in verdict.get(task, {}).items()), ""]
-    return "\n".join(lines) + "\n"
-
-
-def plot(agg, losses, path: str, records, meta=None, chance=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(agg)
-    fig, axes = plt.subplots(len(tasks), len(R.METRICS), figsize=(3.2 * len(R.METRICS), 2.8 * len(tasks)), squeeze=False)
-    names = {"top1": "top-1", "top5": "top-5", "micro_map": "micro mAP", "macro_map": "macro mAP"}
-    for i, task in enumerate(tasks):
-        rows = agg[task]["losses"]
-        ls = [loss for loss in losses if loss in rows]
-        for j, k in enumerate(R.METRICS):
-            ax = axes[i][j]
-            mean = [100 * rows[loss][k]["mean"] for loss in ls]
-            lo = [100 * (rows[loss][k]["mean"] - rows[loss][k]["min"]) for loss in ls]
-            hi = [100 * (rows[loss][k]["max"] - rows[loss][k]["mean"]) for loss in ls]
-            colors = ["#c0392b" if loss == "wlsep" else "#7f8c8d" for loss in ls]
-            ax.bar(range(len(ls)), mean, yerr=[lo, hi], color=colors, alpha=0.8, capsize=3)
-            for x, loss in enumerate(ls):
-                pts = [100 * r["metrics"][k] for r in records if r["task"] == task and r["loss"] == loss]
-                ax.scatter([x] * len(pts), pts, s=8, color="black", zorder=3)
-            ax.set_xticks(range(len(ls)))
-            ax.set_xticklabels([R.LABELS[loss].replace(" (weighted)", "\n(w)") for loss in ls], fontsize=7)
-            ymin = min(100 * rows[loss][k]["min"] for loss in ls)
-            ax.set_ylim(max(0, ymin - 4), min(100.5, max(mean) + max(hi) + 2))
-            ch = (chance or {}).get(task, {}).get(k)
-            ax.set_title(f"{task}: {names[k]}" + (f" (chance {100 * ch:.1f})" if ch is not None else ""), fontsize=9)
-    where = ""
-    if meta:
-        load = meta.get("load_start") or [float("nan")]
-        where = f" -- {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}, shared (load avg {load[0]:.1f} at start)"
-    fig.suptitle("held-out set, mean over seeds, bars = min-max, dots = seeds" + where, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def write(res: Dict[str, Any], out: str, tag: str) -> str:
+    notes_path = os.path.join(out, f"{tag}_notes.md")
+    notes = open(notes_path).read() if os.path.exists(notes_path) else ""
+    md = REP.markdown(res, notes)
+    with open(os.path.join(out, f"{tag}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(out, f"{tag}.md"), "w") as f:
+        f.write(md)
+    REP.plot(res["summary"], res["losses"], os.path.join(out, f"{tag}.png"), res["runs"], res["meta"], res["baselines"])
+    return md
 
 
 def rewrite(path: str) -> Dict[str, Any]:
-    """Rebuild the markdown table and the plot of a saved ``repro_losses*.json``."""
+    """Rebuild the markdown, the plot (and the derived parts of the JSON: summary, verdicts,
+    scheme effects, decision, from its runs) of a saved ``repro_losses*.json``, with its notes."""
     with open(path) as f:
         res = json.load(f)
-    specs = {t: R.TaskSpec(**s) for t, s in res["specs"].items()}
-    base = os.path.splitext(path)[0]
-    md = markdown(res["summary"], res["verdict"], res["chance"], specs, res["meta"])
-    with open(base + ".md", "w") as f:
-        f.write(md)
-    plot(res["summary"], res["losses"], base + ".png", res["runs"], res["meta"], res["chance"])
-    print(md)
+    records, arms = res["runs"], res["losses"]
+    agg = REP.aggregate(records, arms)
+    schemes = [a for a in arms if a in SCHEME_ARMS]
+    res.update(summary=agg, verdict=REP.verdicts(agg, records),
+               scheme_effects=REP.scheme_effects(records, list(agg), schemes, REFERENCE),
+               decision=REP.decide_default(agg, records, schemes, [t for t in agg if t.endswith("/mmit")], REFERENCE))
+    out, tag = os.path.dirname(os.path.abspath(path)), os.path.splitext(os.path.basename(path))[0]
+    print(write(res, out, tag))
     return res
 
 
-def main(argv=None) -> Dict[str, Any]:
+def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="CI-sized smoke run (tiny tasks, 2 epochs, 2 seeds)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick 2)")
-    p.add_argument("--losses", default=",".join(DEFAULT_LOSSES), help=f"comma list of {sorted(R.LOSSES)}")
+    p.add_argument("--quick", action="store_true", help="the whole grid on tiny tasks (CI: seconds), 2 final seeds")
+    p.add_argument("--seeds", type=int, default=None, help="number of final seeds (default 3; --quick 2)")
+    p.add_argument("--losses", default=",".join(ARMS), help="comma list of arms: a short name "
+                   f"({', '.join(sorted(R.LOSSES))}) or loss:scheme[:param], e.g. wlsep:tempered:0.25")
     p.add_argument("--tasks", default="video,digits", help="comma list of video, digits")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma list of label shapes: mmit, head")
+    p.add_argument("--lr-grid", default=",".join(f"{g:g}" for g in LR_GRID), help="comma list of AdamW learning rates")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: 2, or 1 with --jobs > 1)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes, each given every jobs-th task (default 1)")
     p.add_argument("--fresh", action="store_true", help="re-run finished runs instead of reusing them")
-    p.add_argument("--verbose", action="store_true", help="one line per epoch")
     p.add_argument("--from-json", metavar="FILE", help="only rewrite the table and plot of a saved result (next to FILE)")
     add_output_args(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, Any]:
+    args = _args(argv)
     if args.from_json:
         return rewrite(args.from_json)
     import torch
 
-    torch.set_num_threads(args.threads)
-    losses = [x for x in args.losses.split(",") if x]
-    bad = [x for x in losses if x not in R.LOSSES]
-    if bad:
-        raise SystemExit(f"repro_losses: unknown loss(es) {bad}; choose from {sorted(R.LOSSES)}")
-    base = QUICK if args.quick else FULL
-    specs = {t: base[t] for t in args.tasks.split(",") if t}
-    seeds = list(range(args.seeds or (2 if args.quick else 3)))
-    out = results_dir(args)
+    threads = args.threads or (1 if args.jobs > 1 else 2)
+    torch.set_num_threads(threads)
+    arms = [x for x in args.losses.split(",") if x]
+    for arm in arms:
+        try:
+            R.parse_arm(arm)
+        except ValueError as e:
+            raise SystemExit(f"repro_losses: {e}")
+    grid = sorted(float(g) for g in args.lr_grid.split(",") if g)
+    specs = task_specs(QUICK if args.quick else FULL, [t for t in args.tasks.split(",") if t],
+                       [s for s in args.shapes.split(",") if s])
+    seeds = list(range(1, 1 + (args.seeds or (2 if args.quick else 3))))
     tag = "repro_losses_quick" if args.quick else "repro_losses"
+    runs_dir = os.path.join(SCRATCH, f"{tag}_runs")
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "threads": threads, "jobs": args.jobs,
             "load_start": load_average(), "seeds": seeds}
-    t0 = time.time()
-    records, tasks = run_grid(specs, losses, seeds, os.path.join(SCRATCH, f"{tag}_runs"), args.fresh, args.verbose)
-    meta.update(elapsed_s=time.time() - t0, load_end=load_average())
-    from mmit_fast.evaluate import chance_metrics
-
-    chance = {t: chance_metrics(tasks[t]["y_eval"]) for t in specs}
-    agg = aggregate(records, losses)
-    verdict = verdicts(agg)
-    result = {"meta": meta, "specs": {t: s.__dict__ for t, s in specs.items()}, "losses": losses, "runs": records,
-              "summary": agg, "verdict": verdict, "chance": chance}
-    with open(os.path.join(out, f"{tag}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(agg, verdict, chance, specs, meta)
-    with open(os.path.join(out, f"{tag}.md"), "w") as f:
-        f.write(md)
-    plot(agg, losses, os.path.join(out, f"{tag}.png"), records, meta, chance)
-    print(md)
+    t0, new0 = time.time(), _NEW[0]
+    records, selection, tasks = run_parallel(specs, arms, grid, seeds, runs_dir, args.jobs, args.fresh, threads)
+    meta.update(elapsed_s=time.time() - t0, load_end=load_average(), runs=len(specs) * len(arms) * (len(grid) + len(seeds)),
+                runs_new=_NEW[0] - new0)
+    res = summarise_study(specs, arms, grid, seeds, records, selection, tasks, meta)
+    out = results_dir(args)
+    print(write(res, out, tag))
     _log(f"wrote {os.path.join(out, tag)}.{{json,md,png}}")
-    return result
+    return res
 
 
 if __name__ == "__main__":

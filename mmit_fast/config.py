@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 
 
 LOSSES = ("bce", "warp", "lsep", "wlsep")
-WEIGHT_SCHEMES = ("auto", "none", "min_ratio", "tempered")
+#: what ``class_weights: auto`` gave ``--loss wlsep`` before the loss study (issue 20) chose the
+#: present default; a checkpoint that does not record its scheme (``loss_weights``) was trained with it
+AUTO_WLSEP_BEFORE_STUDY = "min_ratio"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -72,7 +74,8 @@ class TrainConfig:
     freeze_backbone: bool = False       # train only the classifier (linear probe)
     # -- loss ---------------------------------------------------------------------------
     loss: str = "wlsep"                 # bce | warp | lsep | wlsep (the paper's eqs. 1-4)
-    class_weights: str = "auto"         # auto (min_ratio for wlsep, none for bce/warp/lsep) | none | min_ratio | tempered
+    class_weights: str = "auto"         # auto (wlsep: losses.weights.DEFAULT_WLSEP_SCHEME; bce/warp/lsep: none) | none |
+                                        # min_ratio | tempered[:power] | effective_number[:beta]
     loss_normalize: str = "row"         # wLSEP averaging: row (paper) | pair (authors' code; wlsep only)
     # -- optimisation -------------------------------------------------------------------
     optimizer: str = "sgd"              # sgd | adamw
@@ -121,7 +124,13 @@ class TrainConfig:
                 raise ConfigError(f"config {name}={v!r} is not one of {list(allowed)}")
 
         choice("loss", LOSSES)
-        choice("class_weights", WEIGHT_SCHEMES)
+        if self.class_weights != "auto":
+            from .losses.weights import parse_scheme
+
+            try:
+                parse_scheme(self.class_weights)
+            except ValueError as e:
+                raise ConfigError(f"config {e}; or 'auto'") from None
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("amp", AMP_MODES)
@@ -149,11 +158,15 @@ class TrainConfig:
         return self
 
     def weight_scheme(self) -> str:
-        """The class weights actually applied. ``auto``: ``min_ratio`` for ``wlsep`` (eq. 4 is
-        the weighted loss) and ``none`` for ``bce``/``warp``/``lsep`` (eqs. 1-3, the paper's
-        plain forms). Any explicit scheme applies to every loss (weighted LSEP, WARP, BCE)."""
+        """The class weights actually applied. ``auto``: for ``wlsep`` (eq. 4 is the weighted
+        loss) :data:`mmit_fast.losses.weights.DEFAULT_WLSEP_SCHEME`, the scheme the loss study
+        picked (``benchmarks/results/repro_losses.md``); ``none`` for ``bce``/``warp``/``lsep``
+        (eqs. 1-3, the paper's plain forms). Any explicit scheme applies to every loss
+        (weighted LSEP, WARP, BCE)."""
         if self.class_weights == "auto":
-            return "min_ratio" if self.loss == "wlsep" else "none"
+            from .losses.weights import DEFAULT_WLSEP_SCHEME
+
+            return DEFAULT_WLSEP_SCHEME if self.loss == "wlsep" else "none"
         return self.class_weights
 
     def to_dict(self) -> Dict[str, Any]:
@@ -163,6 +176,19 @@ class TrainConfig:
         from ._io import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def checkpoint_weight_scheme(ck: Dict[str, Any]) -> str:
+    """The class-weight scheme a checkpoint's run trained with: the one it recorded
+    (``loss_weights``), else its config's explicit ``class_weights``, else (``auto``, written
+    before runs recorded it) what ``auto`` meant then: :data:`AUTO_WLSEP_BEFORE_STUDY` for wlsep."""
+    if ck.get("loss_weights"):
+        return str(ck["loss_weights"])
+    cfg = ck.get("config") or {}
+    scheme = cfg.get("class_weights", "auto")
+    if scheme != "auto":
+        return scheme
+    return AUTO_WLSEP_BEFORE_STUDY if cfg.get("loss", "wlsep") == "wlsep" else "none"
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -321,8 +347,9 @@ _HELP = {
     "out": "output folder: checkpoints/, metrics.csv, val_metrics.csv, tb/, config.yaml, summary.json",
     "model": "i3d | tsm | soundnet | fusion",
     "loss": "bce | warp | lsep | wlsep",
-    "class_weights": "auto (min_ratio for wlsep, none for bce/warp/lsep: the paper's forms) | none | min_ratio | "
-                     "tempered: class weights from the train split's class counts",
+    "class_weights": "auto (wlsep: the study's default scheme, see README 'Class weights'; bce/warp/lsep: none) | "
+                     "none | min_ratio | tempered[:power] | effective_number[:beta]: class weights from the train "
+                     "split's class counts",
     "resume": "'auto' (out/checkpoints/last.pt; refused when out holds a run without it) or a checkpoint path",
     "resume_allow": "config keys a resume may change, comma-separated (e.g. epochs,lr); others must match the checkpoint",
     "max_steps": "stop after this many optimiser steps (0 = run all epochs)",

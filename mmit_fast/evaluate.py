@@ -71,18 +71,17 @@ def model_label(ck: Dict[str, Any]) -> str:
 
 
 def loss_label(ck: Dict[str, Any]) -> str:
-    """``wLSEP``, ``LSEP``...; a loss trained with class weights it does not have by
-    definition is marked, e.g. ``LSEP (min_ratio weights)``."""
-    from .config import TrainConfig
+    """``wLSEP``, ``LSEP``...; a loss trained with class weights other than the paper's (none
+    for BCE/WARP/LSEP, the authors' min_ratio for wLSEP) is marked, e.g. ``LSEP (min_ratio
+    weights)``, ``wLSEP (tempered weights)``; the scheme is the one the run recorded."""
+    from .config import checkpoint_weight_scheme
 
     cfg = ck.get("config") or {}
     name = cfg.get("loss")
     if not name:
         return "-"
     label = LOSS_LABELS.get(name, name)
-    scheme = cfg.get("class_weights", "auto")
-    if scheme == "auto":
-        scheme = TrainConfig(loss=name).weight_scheme()
+    scheme = checkpoint_weight_scheme(ck)
     if name == "wlsep" and scheme == "none":
         label += " (no weights)"
     elif scheme != "none" and (name != "wlsep" or scheme != "min_ratio"):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmit_fast.losses import (BCELoss, LSEPLoss, WARPLoss, WLSEPLoss, bce_loss, class_weights, get_loss, lsep_loss,
+from mmit_fast.losses import (BCELoss, LSEPLoss, WARPLoss, WLSEPLoss, bce_loss, get_loss, lsep_loss,
                               select_backend, warp_loss, wlsep_loss)
 from mmit_fast.losses import _cpp
 from mmit_fast.losses import function as lfunction
@@ -413,47 +413,6 @@ def test_bad_options_raise():
         t = y.float()
         t[0, 1] = 3
         bce_loss(x, t)
-
-
-# ------------------------------------------------------------------ class weights
-def _weights_oracle(counts, scheme, power=0.5):
-    seen = [n for n in counts if n > 0]
-    out = []
-    for n in counts:
-        if scheme == "none":
-            out.append(1.0)
-        elif n == 0:
-            out.append(0.0)
-        else:
-            r = min(seen) / n
-            out.append(r if scheme == "min_ratio" else r ** power)
-    return out
-
-
-def test_class_weights_schemes():
-    counts = [10, 40, 5, 1000, 5, 0, 73]
-    for scheme in ("none", "min_ratio", "tempered"):
-        got = class_weights(counts, scheme=scheme)
-        assert got.dtype == torch.float32 and got.shape == (len(counts),)
-        np.testing.assert_allclose(got.numpy(), _weights_oracle(counts, scheme), rtol=1e-6)
-    np.testing.assert_allclose(class_weights(counts, "tempered", power=0.25).numpy(),
-                               _weights_oracle(counts, "tempered", 0.25), rtol=1e-6)
-    np.testing.assert_allclose(class_weights(counts, "tempered", power=1.0).numpy(),
-                               class_weights(counts, "min_ratio").numpy())
-    w = class_weights(counts)
-    assert float(w.max()) == 1.0 and float(w[5]) == 0.0  # rarest seen class -> 1, unseen -> 0
-    assert float(class_weights(counts, zero="max")[5]) == 1.0
-    assert torch.equal(class_weights(torch.tensor(counts)), w)
-    assert torch.equal(class_weights(dict(enumerate(counts))), w)
-    assert torch.equal(class_weights([0, 0, 0]), torch.ones(3))
-    for bad, msg in (([1, -2], ">= 0"), ([], "non-empty"), ([[1, 2]], "1-D"), ([1, float("nan")], "NaN")):
-        with pytest.raises(ValueError, match=msg):
-            class_weights(bad)
-    with pytest.raises(ValueError, match="unknown scheme"):
-        class_weights([1, 2], scheme="inverse")
-    # usable directly as loss weights
-    x, y, _ = make_case(3, len(counts), seed=0)
-    assert torch.isfinite(wlsep_loss(x, y, class_weights(counts)))
 
 
 # ------------------------------------------------------------------ the kernels compile for a real GPU

@@ -109,8 +109,18 @@ def test_loss_flag_means_the_papers_form(tiny_data):
         assert make_criterion(tiny_cfg(tiny_data, "x", loss=loss), man, "train", dev).weights is None, loss
         c = make_criterion(tiny_cfg(tiny_data, "x", loss=loss, class_weights="min_ratio"), man, "train", dev)
         torch.testing.assert_close(c.weights, w)
-    torch.testing.assert_close(make_criterion(tiny_cfg(tiny_data, "x"), man, "train", dev).weights, w)
+    from mmit_fast.losses.weights import DEFAULT_WLSEP_SCHEME
+
+    auto = make_criterion(tiny_cfg(tiny_data, "x"), man, "train", dev).weights   # --loss wlsep, class_weights: auto
+    torch.testing.assert_close(auto, class_weights(man.class_counts("train"), DEFAULT_WLSEP_SCHEME))
     assert make_criterion(tiny_cfg(tiny_data, "x", class_weights="none"), man, "train", dev).weights is None
+    for spec in ("tempered", "tempered:0.25", "effective_number", "effective_number:0.99"):   # a scheme with its parameter
+        c = make_criterion(tiny_cfg(tiny_data, "x", class_weights=spec), man, "train", dev)
+        torch.testing.assert_close(c.weights, class_weights(man.class_counts("train"), spec))
+    for bad, msg in (("inverse", "unknown scheme 'inverse'"), ("min_ratio:2", "takes no parameter"),
+                     ("tempered:x", "not a number")):
+        with pytest.raises(ConfigError, match=msg):
+            tiny_cfg(tiny_data, "x", class_weights=bad)
     c = make_criterion(tiny_cfg(tiny_data, "x", loss_normalize="pair"), man, "train", dev)
     assert c.normalize == "pair"
     from mmit_fast.evaluate import loss_label  # the table rows say which variant was trained
@@ -321,7 +331,9 @@ def test_eval_writes_metrics_files(tiny_data, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli.main(["eval", ck, "--split", "val", "--split", "test", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| I3D-R18w8 | wLSEP |" in printed and "chance" in printed
+    from mmit_fast.losses.weights import DEFAULT_WLSEP_SCHEME   # the row names the weights the run recorded
+
+    assert f"| I3D-R18w8 | wLSEP ({DEFAULT_WLSEP_SCHEME} weights) |" in printed and "chance" in printed
     classes = read_checkpoint(ck)["classes"]
     for split in ("val", "test"):
         m = json.load(open(out / f"{split}_metrics.json"))

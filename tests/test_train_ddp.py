@@ -49,5 +49,7 @@ def test_skip_nonfinite_with_accumulation_keeps_replicas_equal_and_eval_matches(
     z1, z2 = np.load(tmp_path / "eval1" / "val_scores.npz"), np.load(tmp_path / "eval2" / "val_scores.npz")
     assert z1["keys"].tolist() == z2["keys"].tolist()
     assert np.abs(z1["scores"]).max() < 10, "the tiny run diverged: the comparison below would test nothing"
-    np.testing.assert_allclose(z1["scores"], z2["scores"], rtol=1e-5, atol=1e-6)
+    # float32 convolutions over differently split batches differ by a few ulp of the logits'
+    # scale, not of each entry: the absolute tolerance follows the largest score (< 10, above)
+    np.testing.assert_allclose(z1["scores"], z2["scores"], rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(z1["scores"]).max())))
     np.testing.assert_array_equal(z1["targets"], z2["targets"])

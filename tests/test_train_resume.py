@@ -53,6 +53,9 @@ def test_changed_config_is_refused_naming_the_keys(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--val-split", "", *TINY]
     assert cli.main(["train", *args, "--max-steps", "3"]) == 0
+    from mmit_fast.losses.weights import DEFAULT_WLSEP_SCHEME   # the run records the scheme auto gave it
+
+    assert read_checkpoint(str(out / "checkpoints" / "last.pt"))["loss_weights"] == DEFAULT_WLSEP_SCHEME
     before = _snapshot(out)
     for extra, named in ((["--epochs", "4"], "epochs: 2 -> 4"), (["--batch-size", "3"], "batch_size: 2 -> 3"),
                          (["--lr", "0.5", "--loss", "bce"], "loss: 'wlsep' -> 'bce'; lr: 0.1 -> 0.5")):
@@ -91,6 +94,28 @@ def test_allowed_epochs_change_keeps_the_schedule_continuous(tiny_data, tmp_path
     assert max(abs(a - b) for a, b in zip(lr, lr[1:])) < 0.01  # no jump
     ck = read_checkpoint(str(out / "checkpoints" / "last.pt"))
     assert ck["schedule"]["anchor_step"] == 3 and ck["step"] == 24
+
+
+def test_class_weights_compared_as_resolved(monkeypatch):
+    """``class_weights: auto`` is compared as the scheme it gave the run: a checkpoint from
+    before the default changed (no ``loss_weights``: auto meant min_ratio) is not resumed with
+    the new default, and is resumed with ``--class-weights min_ratio``."""
+    from mmit_fast.config import TrainConfig, checkpoint_weight_scheme
+    from mmit_fast.losses import weights
+    from mmit_fast.train.resume import config_changes
+
+    monkeypatch.setattr(weights, "DEFAULT_WLSEP_SCHEME", "tempered")
+    old = {"config": TrainConfig(loss="wlsep", class_weights="auto").to_dict()}
+    assert checkpoint_weight_scheme(old) == "min_ratio"
+    assert config_changes(old, TrainConfig(), 1, {})["class_weights"] == ("min_ratio", "tempered")
+    assert "class_weights" not in config_changes(old, TrainConfig(class_weights="min_ratio"), 1, {})
+    new = dict(old, loss_weights="tempered")
+    assert checkpoint_weight_scheme(new) == "tempered" and "class_weights" not in config_changes(new, TrainConfig(), 1, {})
+    assert checkpoint_weight_scheme({"config": {"loss": "lsep", "class_weights": "auto"}}) == "none"
+    assert checkpoint_weight_scheme({"config": {"loss": "lsep", "class_weights": "tempered:0.25"}}) == "tempered:0.25"
+    from mmit_fast.evaluate import loss_label
+
+    assert (loss_label(old), loss_label(new)) == ("wLSEP", "wLSEP (tempered weights)")
 
 
 def test_schedule_plan_unit():

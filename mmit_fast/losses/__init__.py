@@ -3,8 +3,11 @@
 ```python
 from mmit_fast.losses import wlsep_loss, get_loss, class_weights
 loss = wlsep_loss(logits, targets, weights=None, reduction="mean", normalize="row")
-crit = get_loss("wlsep", weights=class_weights(counts, scheme="min_ratio"))
+crit = get_loss("wlsep", weights=class_weights(counts, scheme="tempered"))  # or "tempered:0.25", "none", ...
 ```
+
+Class weights are their own axis (``weights.py``: none, min_ratio -- the authors' --, tempered,
+effective_number; ``weights.DEFAULT_WLSEP_SCHEME`` is what ``class_weights: auto`` gives wLSEP).
 
 Backends (one dispatch point, ``function.select_backend``): fused Triton kernels on CUDA,
 the C++/OpenMP kernel (``mmit_fast._C``) on CPU, plain PyTorch as the fallback; explicit

@@ -188,6 +188,13 @@ def _sample_video(cfg: SynthConfig, index: int):
                 bg_seed=bg_seed, has_audio=has_audio, audio_seed=audio_seed)
 
 
+def sample_labels(cfg: SynthConfig, index: int) -> Tuple[List[int], List[int]]:
+    """``(present, labels)`` of video ``index`` -- the class ids it shows and those left labelled
+    after ``label_dropout`` -- without rendering it (the same draws as :func:`render_video`)."""
+    s = _sample_video(cfg, index)
+    return s["present"], s["labels"]
+
+
 # --------------------------------------------------------------------------- motion
 def _state(actor: Actor, t: int, cfg: SynthConfig):
     """``(x, y, angle, sx, sy, alpha, on, color)`` of an actor at frame ``t``.

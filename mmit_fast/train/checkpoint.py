@@ -3,7 +3,8 @@
 A checkpoint is data: tensors and plain containers only, so that
 :func:`mmit_fast.models.checkpoint.read_checkpoint` (``torch.load(weights_only=True)``, no
 fallback) reads it. Keys: ``format``, ``version``, ``model_spec``, ``classes``, ``modality``,
-``model``, ``config`` (plain dict), ``preprocess`` (frames, crop, mean/std, sampling...), and the
+``model``, ``config`` (plain dict), ``loss_weights`` (the class-weight scheme the loss used:
+``class_weights: auto`` resolved, so that a later change of the default is seen), ``preprocess`` (frames, crop, mean/std, sampling...), and the
 training state: ``optimizer``, ``scaler``, ``schedule`` (plain dict, see :mod:`.schedule`),
 ``epoch`` and ``batch`` (the loader position to continue from), ``step``, ``world_size``,
 ``rng`` (per rank, tensors: :mod:`.rng`), ``best``, ``skipped``, ``last_val``, ``csv_rows``
@@ -75,7 +76,8 @@ def checkpoint_state(run, next_epoch: int, next_batch: int, rngs) -> Dict[str, A
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "model_spec": run.spec, "classes": list(run.manifest.classes), "modality": run.modality,
-        "model": unwrap(run.model).state_dict(), "config": run.cfg.to_dict(), "preprocess": run.preprocess,
+        "model": unwrap(run.model).state_dict(), "config": run.cfg.to_dict(),
+        "loss_weights": run.cfg.weight_scheme(), "preprocess": run.preprocess,
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
         "schedule": run.schedule.to_dict(), "epoch": int(next_epoch), "batch": int(next_batch), "step": int(run.step),
         "world_size": int(run.world), "rng": rngs, "best": dict(run.best), "skipped": int(run.skipped),

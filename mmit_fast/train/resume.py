@@ -4,7 +4,9 @@
   run (metrics rows, ``best.pt``, ``summary.json``), the resume is refused: starting over would
   truncate the history and replace ``best.pt``. Without any history it starts a fresh run.
 * The new configuration is compared with the checkpoint's, key by key (plus the number of
-  processes and the dataset's vocabulary and split size). Keys that do not change the
+  processes and the dataset's vocabulary and split size). ``class_weights`` is compared as the
+  scheme it resolves to (``auto`` -> the default of its time; :func:`checkpoint_weight_scheme`),
+  so a run trained before the default changed is not resumed with the new one. Keys that do not change the
   computation (:data:`FREE_KEYS`: output, logging, workers, threads, ``max_steps``...) may
   differ. Any other difference refuses the resume, naming each key with its old and new
   value, unless the key is listed in ``--resume-allow KEY[,KEY]``.
@@ -19,7 +21,7 @@ import csv
 import os
 from typing import Any, Dict, List, Optional
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, checkpoint_weight_scheme
 
 FREE_KEYS = frozenset({"out", "resume", "resume_allow", "progress", "tensorboard", "num_workers", "threads",
                        "max_steps", "ckpt_every", "log_every", "record_keys", "device", "eval_every", "compile"})
@@ -85,7 +87,10 @@ def config_changes(ck: Dict[str, Any], cfg: TrainConfig, world: int, fingerprint
     defaults = TrainConfig().to_dict()
     old, new = dict(ck.get("config") or {}), cfg.to_dict()
     changes = {k: (old.get(k, defaults[k]), v) for k, v in new.items()
-               if k not in FREE_KEYS and old.get(k, defaults[k]) != v}
+               if k not in FREE_KEYS and k != "class_weights" and old.get(k, defaults[k]) != v}
+    old_w, new_w = checkpoint_weight_scheme(ck), cfg.weight_scheme()
+    if old_w != new_w:
+        changes["class_weights"] = (old_w, new_w)
     if int(ck.get("world_size", world)) != world:
         changes["world_size"] = (int(ck["world_size"]), world)
     if ck.get("dataset") and ck["dataset"] != fingerprint:
