@@ -436,6 +436,8 @@ def test_finetune_replaces_classifier_and_trains(tiny_data, tmp_path, capsys):
 # --------------------------------------------------------------------------- exit codes
 def test_exit_code_convention(monkeypatch, capsys):
     """0 success, 2 bad input/usage (ValueError family, SystemExit with a message), 1 anything else."""
+    from mmit_fast._exits import run_verb
+
     p = cli.build_parser()
     a = p.parse_args(["eval", "x.pt"])
 
@@ -448,15 +450,15 @@ def test_exit_code_convention(monkeypatch, capsys):
                     (SystemExit("mmit eval: bad flag"), 2), (RuntimeError("worker died\nmore"), 1),
                     (NonFiniteLossError("non-finite loss"), 1)):
         a.func = boom(exc)
-        assert cli._run_verb(a) == rc, exc
+        assert run_verb(a.verb, a.func, a) == rc, exc
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
     a.func = lambda args: 0
-    assert cli._run_verb(a) == 0
+    assert run_verb(a.verb, a.func, a) == 0
     monkeypatch.setenv("MMIT_DEBUG", "1")
     a.func = boom(RuntimeError("x"))
     with pytest.raises(RuntimeError):
-        cli._run_verb(a)
+        run_verb(a.verb, a.func, a)
 
 
 @pytest.mark.parametrize("family", ["tsm", "soundnet", "fusion"])
