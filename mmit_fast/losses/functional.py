@@ -161,6 +161,18 @@ class _Loss(nn.Module):
                     self.check_finite, pair=pair, weights_checked=True)
 
     def forward(self, logits, targets):
+        """The loss of ``logits`` against ``targets``.
+
+        Args:
+            logits: ``[B, C]`` float32, bfloat16, float16 or float64 scores (any device; the
+                backend follows the device, see :func:`mmit_fast.losses.function.select_backend`).
+            targets: ``[B, C]`` multi-hot labels, bool / uint8 / float with values 0 or 1 (a
+                row with another value gets a NaN loss and raises :class:`BadTargets` lazily).
+
+        Returns:
+            the mean over rows (``reduction="mean"``), their sum (``"sum"``) or the ``[B]`` row
+            losses (``"none"``); differentiable w.r.t. ``logits``.
+        """
         return self._call(self._kernel, logits, targets)
 
     def extra_repr(self):
@@ -193,6 +205,9 @@ class WLSEPLoss(_Loss):
         self.normalize = normalize
 
     def forward(self, logits, targets):
+        """The wLSEP loss (eq. 4) of ``logits`` ``[B, C]`` against multi-hot ``targets`` ``[B, C]``;
+        ``normalize`` picks the batch reduction (see :func:`wlsep_loss`). Arguments and result
+        as :meth:`BCELoss.forward`."""
         pair = self.normalize == "pair"
         return self._call("wlsep_pair" if pair else "wlsep", logits, targets, pair=pair)
 
@@ -204,7 +219,21 @@ LOSSES = {"bce": BCELoss, "warp": WARPLoss, "lsep": LSEPLoss, "wlsep": WLSEPLoss
 
 
 def get_loss(name: str, weights=None, **kw) -> nn.Module:
-    """``get_loss("wlsep", weights=w, reduction="mean", normalize="row", backend=None)``."""
+    """The loss module called ``name``.
+
+    Args:
+        name: ``"bce"`` (:class:`BCELoss`, eq. 1), ``"warp"`` (:class:`WARPLoss`, eq. 2),
+            ``"lsep"`` (:class:`LSEPLoss`, eq. 3) or ``"wlsep"`` (:class:`WLSEPLoss`, eq. 4);
+            case-insensitive.
+        weights: ``[C]`` class weights, finite and >= 0, or None (see
+            :func:`mmit_fast.losses.class_weights` for the schemes).
+        **kw: ``reduction`` (``"mean"`` | ``"sum"`` | ``"none"``), ``backend`` (``None``/
+            ``"auto"``, ``"triton"``, ``"cpp"``, ``"torch"``), ``check_finite``; for ``"wlsep"``
+            also ``normalize`` (``"row"`` | ``"pair"``).
+
+    Example: ``get_loss("wlsep", weights=w, reduction="mean", normalize="row")``.
+    An unknown name is a ``ValueError`` that lists the valid ones.
+    """
     key = str(name).lower()
     if key not in LOSSES:
         raise ValueError(f"get_loss: unknown loss {name!r}; choose one of {sorted(LOSSES)}")
