@@ -462,7 +462,7 @@ def _add_dissect(sub):
     p = sub.add_parser(
         "dissect", help="Action Network Dissection of a checkpoint on a Broden-layout concept set",
         description="NetDissect with action concepts (paper section 5.2): per-unit top-quantile thresholds "
-                    "(streaming), IoU of upsampled unit masks with concept masks, unit labels, Table 5 summary, "
+                    "(exact, streaming), IoU of upsampled unit masks with concept masks, unit labels, Table 5 summary, "
                     "Figs. 7, 9, 10, unit-to-class links, OUT/report.html. CONCEPTS: a Broden-layout folder "
                     "(mmit synth --broden writes one). Example: mmit dissect runs/demo/broden --checkpoint "
                     "runs/demo/train/checkpoints/best.pt --out runs/demo/dissect")
@@ -475,6 +475,10 @@ def _add_dissect(sub):
     p.add_argument("--categories", help="comma-separated concept categories to use (default: all in index.csv)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--mask-cache", default="auto", metavar="DIR",
+                   help="folder of the packed concept-mask cache, reused by later runs on the same concept set "
+                        "(verified by digest; default auto: $MMIT_CACHE_DIR/masks or ~/.cache/mmit-fast/masks; "
+                        "off: keep none)")
     p.set_defaults(func=_cmd_dissect)
 
 
@@ -485,10 +489,12 @@ def _cmd_dissect(args):
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     s = run_dissect(args.checkpoint, args.concepts, args.out, layers=split(args.layers), quantile=args.quantile,
                     iou_threshold=args.iou_threshold, device=args.device, batch_size=args.batch_size,
-                    categories=split(args.categories))
+                    categories=split(args.categories),
+                    mask_cache=None if args.mask_cache == "off" else args.mask_cache)
     for name, L in s["layers"].items():
         print(f"{name}: {L['interpretable']}/{L['units']} units interpretable "
               f"({L['interpretable_without_actions']} without action concepts), {L['unique_concepts']} concepts")
+    print(f"concept masks: {s.get('mask_cache')}")
     print(f"report: {s['files']['report']}")
     return 0
 
