@@ -16,8 +16,13 @@ Decoding one view (:func:`decode_clip`) touches as little as possible:
 2. for each run of needed frames, start decoding at the last keyframe before it (a seek:
    flush the decoder and feed packets from that keyframe) unless the decoder is already
    between that keyframe and the frame; stop after the last needed frame;
-3. convert only the needed frames to RGB, resizing in the same swscale call
-   (``frame.reformat``, bilinear), then crop and flip in NumPy.
+3. convert only the needed frames to RGB, resized in the same swscale call straight to the
+   view's size (``frame.to_ndarray(width=, height=)``, bilinear: swscale widens its filter when
+   shrinking, so the resize is antialiased); then crop and flip in NumPy, writing each view
+   into its slot of the batch's uint8 buffer (no stacking, no concatenation: the decoded
+   frame, its crop in the batch, the normalised float batch are the only copies). With
+   ``exact_color`` the frames are converted at native size with accurate rounding (DALI's
+   decoder's pixels) and resized by :func:`resize_clip`, DALI's resize.
 
 A bad sample (demux/decode error, missing frames, a constant (e.g. all-black) clip) is
 dropped from its batch and reported in ``skipped`` with the shard, key and reason.
@@ -25,7 +30,7 @@ dropped from its batch and reported in ``skipped`` with the shard, key and reaso
 from __future__ import annotations
 
 import io
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -114,12 +119,17 @@ else:  # pragma: no cover
 
 
 def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST, *, seek: bool = True,
-                  stats: Optional[Dict[str, int]] = None) -> Dict[int, np.ndarray]:
-    """RGB frames (uint8 HxWx3, native size) for the presentation indices ``indices``.
+                  stats: Optional[Dict[str, int]] = None, size: Optional[Tuple[int, int]] = None
+                  ) -> Dict[int, np.ndarray]:
+    """RGB frames (uint8 HxWx3; native size, or ``size`` = (h, w) resized by swscale in the same
+    conversion) for the presentation indices ``indices``.
 
     ``seek=False`` decodes from the first packet instead of the keyframe before each run of
     needed frames (the reference the seeking path is tested against). ``stats["decoded"]``
     (when given) is increased by the frames the decoder produced, used or not."""
+    fmt = {"format": "rgb24", "interpolation": sws_flags}
+    if size is not None:
+        fmt.update(height=int(size[0]), width=int(size[1]))
     need = sorted(set(int(i) for i in indices))
     if need[-1] >= dm.num_frames or need[0] < 0:
         raise BadSample(f"frame {need[-1]} requested from a video of {dm.num_frames} frames")
@@ -152,7 +162,7 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
                 for fr in frames:
                     r = dm.rank_of_pts.get(int(fr.pts)) if fr.pts is not None else None
                     if r is not None and r in need and r not in got:
-                        got[r] = fr.to_ndarray(format="rgb24", interpolation=sws_flags)
+                        got[r] = fr.to_ndarray(**fmt)
             if target not in got:
                 break
     except BadSample:
@@ -183,15 +193,22 @@ def resize_clip(clip: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     return t.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan) -> np.ndarray:
-    """uint8 [T, crop, crop, 3] of one view: resize the decoded frames, crop, flip."""
+def cut_view(frames: Dict[int, np.ndarray], plan: ViewPlan, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 [T, crop, crop, 3] of one view: resize the decoded frames (unless they already have the
+    view's size), crop, flip; written into ``out`` when given."""
     y, x = plan.crop_yx
     c = plan.crop
-    clip = resize_clip(np.stack([frames[int(i)] for i in plan.indices]), plan.resize_hw)
-    clip = clip[:, y: y + c, x: x + c]
-    if plan.flip:
-        clip = clip[:, :, ::-1]
-    return np.ascontiguousarray(clip)
+    if out is None:
+        out = np.empty((len(plan.indices), c, c, 3), np.uint8)
+    first = frames[int(plan.indices[0])]
+    if tuple(first.shape[:2]) == tuple(plan.resize_hw):
+        for t, i in enumerate(plan.indices):        # crop (and flip) straight into the output
+            win = frames[int(i)][y: y + c, x: x + c]
+            out[t] = win[:, ::-1] if plan.flip else win
+        return out
+    clip = resize_clip(np.stack([frames[int(i)] for i in plan.indices]), plan.resize_hw)[:, y: y + c, x: x + c]
+    out[:] = clip[:, :, ::-1] if plan.flip else clip
+    return out
 
 
 def is_constant(clip: np.ndarray) -> bool:
@@ -204,20 +221,28 @@ def is_constant(clip: np.ndarray) -> bool:
 
 
 def decode_clip(data: bytes, plans: Sequence[ViewPlan], expect_frames: Optional[int] = None, threads: int = 1,
-                exact_color: bool = False, stats: Optional[Dict[str, int]] = None) -> np.ndarray:
-    """uint8 [V, T, crop, crop, 3] for the views ``plans`` of one encoded video
-    (``stats["decoded"]``: frames decoded, see :func:`decode_frames`)."""
+                exact_color: bool = False, stats: Optional[Dict[str, int]] = None,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 [V, T, crop, crop, 3] for the views ``plans`` of one encoded video, written into ``out``
+    when given (``stats["decoded"]``: frames decoded, see :func:`decode_frames`). The frames are
+    resized by swscale as they are converted when every view wants the same size (the usual case),
+    except with ``exact_color``."""
     dm = Demuxed(data, expect_frames, threads)
+    sizes = {tuple(p.resize_hw) for p in plans}
+    size = sizes.pop() if len(sizes) == 1 and not exact_color else None
     try:
         frames = decode_frames(dm, [int(i) for p in plans for i in p.indices], SWS_EXACT if exact_color else SWS_FAST,
-                               stats=stats)
-        views = [cut_view(frames, p) for p in plans]
+                               stats=stats, size=size)
+        if out is None:
+            out = np.empty((len(plans), len(plans[0].indices), plans[0].crop, plans[0].crop, 3), np.uint8)
+        for v, p in enumerate(plans):
+            cut_view(frames, p, out[v])
     finally:
         dm.close()
-    for v in views:
+    for v in out:
         if is_constant(v):
             raise BadSample("decoded clip is constant (all frames one colour, e.g. black): broken video")
-    return np.stack(views)
+    return out
 
 
 def check_mp4_boxes(data: bytes) -> None:
@@ -344,18 +369,21 @@ class BatchSource:
     def __getitem__(self, item):
         epoch, b = item
         idx = self.batches(epoch)[b]
-        clips, raw, keys, where, ids_list, audio, has_audio, skipped = [], [], [], [], [], [], [], []
+        raw, keys, where, ids_list, audio, has_audio, skipped = [], [], [], [], [], [], []
+        clips = _ClipSlots(len(idx), self.spec)
         stats = {"decoded": 0}
         for gi in idx:
             gi = int(gi)
             ref = self.table.samples[gi]
+            decoded = False
             try:
                 ref, meta, ids, mp4, plans, fps = self.load_sample(gi, epoch)
                 nf = int(meta["frames"])
                 if not self.video:
                     pass   # audio-only model: no video member read, no frame decoded
                 elif self.decode:
-                    clips.append(decode_clip(mp4, plans, nf, self.threads, self.exact_color, stats))
+                    decode_clip(mp4, plans, nf, self.threads, self.exact_color, stats, out=clips.slot(plans))
+                    decoded = True
                 else:
                     # DALI cannot skip a broken video: check the container before it gets one.
                     check_mp4_boxes(mp4)
@@ -381,11 +409,11 @@ class BatchSource:
                     has_audio.append(any(ext in ref.members for ext in S.AUDIO_EXTS))
             except (BadSample, S.ShardFormatError) as e:
                 skipped.append((self.table.shards[ref.shard], ref.key, str(e)))
-                if clips and len(clips) > len(keys):
-                    clips.pop()
                 if raw and len(raw) > len(keys):
                     raw.pop()
                 continue
+            if decoded:
+                clips.commit()   # a sample that failed later (its audio) leaves its slot to the next one
             keys.append(ref.key)
             where.append(self.table.shards[ref.shard])
             ids_list.append(ids)
@@ -409,7 +437,7 @@ class BatchSource:
             out["raw"] = raw
         return out
 
-    def _pixels(self, clips, n: int):
+    def _pixels(self, clips: "_ClipSlots", n: int):
         """The batch's video tensor (a tensor travels from the worker through shared memory):
         the decoded views, normalised here or not; ``[n*V, 0 frames, c, c, 3]`` for an
         audio-only model (the batch layout without pixels)."""
@@ -417,6 +445,34 @@ class BatchSource:
 
         c = self.spec.crop
         if not self.video:
-            clips = [np.zeros((n * int(np.prod(view_grid(self.views))), 0, c, c, 3), np.uint8)]
-        u8 = torch.from_numpy(np.concatenate(clips) if clips else np.zeros((0, self.spec.frames, c, c, 3), np.uint8))
+            u8 = np.zeros((n * int(np.prod(view_grid(self.views))), 0, c, c, 3), np.uint8)
+        else:
+            u8 = clips.filled()
+        u8 = torch.from_numpy(u8)
         return normalise(u8) if self.normalise else u8
+
+
+class _ClipSlots:
+    """One batch's uint8 video buffer, ``[samples * V, T, crop, crop, 3]``: each decoded sample's
+    views are written straight into the next free slot (no per-clip arrays to concatenate)."""
+
+    def __init__(self, planned: int, spec: ClipSpec):
+        self.planned, self.spec = planned, spec
+        self.buf: Optional[np.ndarray] = None
+        self.n = self.V = 0
+
+    def slot(self, plans) -> np.ndarray:
+        if self.buf is None:
+            self.V = len(plans)
+            c = self.spec.crop
+            self.buf = np.empty((self.planned * self.V, len(plans[0].indices), c, c, 3), np.uint8)
+        return self.buf[self.n * self.V:(self.n + 1) * self.V]
+
+    def commit(self) -> None:
+        self.n += 1
+
+    def filled(self) -> np.ndarray:
+        if self.buf is None:
+            c = self.spec.crop
+            return np.zeros((0, self.spec.frames, c, c, 3), np.uint8)
+        return self.buf[: self.n * self.V]
