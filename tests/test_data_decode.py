@@ -138,7 +138,7 @@ def test_frames_are_resized_in_swscale_like_ffmpegs_scale_filter(full, codec, tm
     raw = _ffmpeg(mp4, tmp_path, ["-sws_flags", "bilinear+full_chroma_int", "-vf", f"scale={w}:{h}{loc}", "-f",
                                   "rawvideo", "-pix_fmt", "rgb24", "-"], "s.mp4")
     ref = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)[plans[0].indices][:, y:y + 24, x:x + 24]
-    assert _psnr(got[0], ref) > 40, _psnr(got[0], ref)        # identical here (168 dB); other builds of libswscale
+    assert _psnr(got[0], ref) > 40, _psnr(got[0], ref)   # identical here; another libswscale may round otherwise
     exact = P.decode_clip(mp4, plans, 75, exact_color=True)
     assert 28 < _psnr(got[0], exact[0]) < 99
 
