@@ -97,10 +97,11 @@ def _add_pack(sub):
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split these rows go to (default train)")
     p.add_argument("--codec", default="vp9", choices=["vp9", "h264", "mjpeg"],
                    help="video codec: vp9 (DALI CPU+GPU, default), h264 (DALI GPU only), mjpeg")
-    p.add_argument("--short-side", type=int, default=256, help="short side in pixels (default 256)")
+    p.add_argument("--short-side", type=int, default=None, help="short side in pixels (default 256, or the preset's)")
     p.add_argument("--preset", choices=_preset_names(), default=None,
                    help="frame rate + keyframe spacing matched to a model: full (25 fps, the default), paper-i3d "
-                        "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM)")
+                        "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM); "
+                        "paper-i3d-128, tsm8-128: the same at short side 128, the size 112-px crops are resized to")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default 25, or the preset's)")
     p.add_argument("--seconds", type=float, default=3.0, help="max clip length; shorter clips keep theirs (default 3)")
     p.add_argument("--gop", type=int, default=None, help="frames between keyframes (default fps/2, or the preset's)")

@@ -443,8 +443,9 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     and packs at the preset's rate for ``seconds`` (e.g. ``paper-i3d``: 16 frames per clip).
     Returns the manifest.
     """
-    from .presets import resolve
+    from .presets import resolve, resolve_short_side
 
+    size = resolve_short_side(preset, None if size == 112 else size) if preset else size
     fps, gop, preset = resolve(preset, seconds, None if fps == 25.0 else fps, None)
     cfg = SynthConfig(num_videos=num_videos, seed=seed, size=size, fps=fps, seconds=seconds, splits=tuple(splits),
                       action_count_probs=tuple(action_count_probs), tail=tail, label_dropout=label_dropout,
