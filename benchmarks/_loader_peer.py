@@ -3,7 +3,8 @@ webdataset and PyAV, independent of mmit-fast's loader (it shares only the frame
 both read the same instants).
 
 * webdataset streams the tar shards (``wds.WebDataset(urls).map(decode).batched(B)``) into a
-  ``torch.utils.data.DataLoader`` with 2 worker processes;
+  ``torch.utils.data.DataLoader`` with 2 worker processes, kept between epochs
+  (``persistent_workers``, as ours);
 * PyAV decodes with ``thread_type = "AUTO"`` (FFmpeg's frame and slice threads), from the first
   frame, and stops after the last needed one;
 * only the sampled frames are converted to RGB, at short side ``resize`` (128 for a 112 crop)
@@ -71,4 +72,5 @@ def peer_loader(ds: str, spec: ClipSpec, batch_size: int, num_workers: int):
     m = S.load_manifest(ds)
     dset = wds.WebDataset(m.shard_paths("train"), shardshuffle=False, empty_check=False).map(
         PeerDecode(spec, m.num_classes))
-    return torch.utils.data.DataLoader(dset.batched(batch_size), batch_size=None, num_workers=num_workers)
+    return torch.utils.data.DataLoader(dset.batched(batch_size), batch_size=None, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0)
