@@ -13,7 +13,8 @@ sampled frames to RGB at short side 128 inside swscale, centre crop, normalise -
 full-rate (25 fps) 256-pixel H.264 shards. Against it:
 
 * **same shards**: ``make_loader(backend="pyav")`` on those very shards (and with 2 decoder
-  threads per worker; and on full-rate VP9 shards);
+  threads per worker; and on full-rate VP9 shards); and both loaders on full-rate H.264 shards
+  with non-reference B-frames (``--preset full-bframes``), which ours skips when unneeded;
 * **end to end**: our packing choice + our loader: matched presets (``paper-i3d`` / ``tsm8``:
   the sampled frames only) at 256 px and at short side 128 (``paper-i3d-128`` / ``tsm8-128``:
   the size a 112 crop is resized to), H.264 and VP9; plus the peer on the 128-pixel matched
@@ -59,7 +60,7 @@ from _loader_backends import cpu_times, machine_info, real_sources as _real_sour
 from _loader_peer import peer_frames, peer_loader  # noqa: E402
 from _machine import add_output_args, load_average, results_dir  # noqa: E402
 
-PACKINGS = ("full", "paper-i3d", "tsm8", "paper-i3d-128", "tsm8-128")
+PACKINGS = ("full", "full-bframes", "paper-i3d", "tsm8", "paper-i3d-128", "tsm8-128")
 SHAPES = (("I3D uniform 16", "uniform", 16, "paper-i3d"), ("TSM segments 8", "segments", 8, "tsm8"))
 
 
@@ -83,6 +84,8 @@ def pack_presets(work: str, codecs, packings, workers: int):
     out = {}
     for codec in codecs:
         for preset in packings:
+            if preset == "full-bframes" and codec != "h264":
+                continue                                   # an H.264 preset
             d = os.path.join(work, f"real_{codec}_{preset}")
             if not os.path.exists(os.path.join(d, S.MANIFEST_NAME)):
                 pack_videos(raw, ann, cats, d, codec=codec, seconds=3.0, preset=preset, workers=workers,
@@ -191,6 +194,8 @@ def presets_plan(dsets, args, gpu: bool, has_dali: bool):
         add(sampling, "pyav", "vp9", matched + "-128", "end to end", ours("vp9", matched + "-128", spec))
         add(sampling, "pyav, 2 decoder threads", "h264", "full", "same shards",
             ours("h264", "full", spec, decoder_threads=2))
+        add(sampling, "peer", "h264", "full-bframes", "same B-frame shards", peer("h264", "full-bframes", spec))
+        add(sampling, "pyav", "h264", "full-bframes", "same B-frame shards", ours("h264", "full-bframes", spec))
         add(sampling, "pyav", "vp9", "full", "full rate, other codec", ours("vp9", "full", spec))
         for codec, preset in (("h264", matched), ("vp9", matched), ("h264", matched + "-128")):
             add(sampling, "pyav", codec, preset, "end to end", ours(codec, preset, spec))
@@ -285,7 +290,7 @@ def codec_cost(dsets, reps: int = 3, n: int = 12):
 
     import av
 
-    cases = [(c, p) for p in ("full", "paper-i3d", "paper-i3d-128") for c in ("h264", "vp9")]
+    cases = [(c, p) for p in ("full", "paper-i3d", "paper-i3d-128") for c in ("h264", "vp9")] + [("h264", "full-bframes")]
     data = {k: _members(dsets[k], n) for k in cases}
     best = {k: float("inf") for k in cases}
     frames = {}

@@ -15,7 +15,9 @@ Decoding one view (:func:`decode_clip`) touches as little as possible:
    (a truncated file), makes the sample *bad*;
 2. for each run of needed frames, start decoding at the last keyframe before it (a seek:
    flush the decoder and feed packets from that keyframe) unless the decoder is already
-   between that keyframe and the frame; stop after the last needed frame;
+   between that keyframe and the frame; stop after the last needed frame; on the way, skip the
+   packets of frames no other frame refers to (H.264 non-reference pictures, e.g. the B-frames of
+   ``--preset full-bframes``) unless they are needed;
 3. convert only the needed frames to RGB, resized in the same swscale call straight to the
    view's size (``frame.to_ndarray(width=, height=)``, bilinear: swscale widens its filter when
    shrinking, so the resize is antialiased); then crop and flip in NumPy, writing each view
@@ -94,9 +96,12 @@ class Demuxed:
         self.pts_sorted = pts[order]
         self.rank_of_pts = {int(v): i for i, v in enumerate(self.pts_sorted)}
         self.num_frames = len(pkts)
-        # decode position of each packet, by presentation rank; keyframe positions
-        self.pos_of_rank = np.empty(len(pkts), dtype=np.int64)
-        self.pos_of_rank[order] = np.arange(len(pkts))
+        # decode position of each presentation rank, presentation rank of each decode position; keyframe positions
+        self.pos_of_rank = order.astype(np.int64)
+        self.rank_of_pos = np.empty(len(pkts), dtype=np.int64)
+        self.rank_of_pos[order] = np.arange(len(pkts))
+        # frames no other frame refers to (H.264 nal_ref_idc 0: B-frames without pyramid): skippable when unwanted
+        self.disposable = _h264_disposable(pkts, ctx.extradata) if ctx.name == "h264" else np.zeros(len(pkts), bool)
         self.key_pos = np.array([i for i, p in enumerate(pkts) if p.is_keyframe], dtype=np.int64)
         if self.key_pos.size == 0 or self.key_pos[0] != 0:
             self.key_pos = np.concatenate([[0], self.key_pos]).astype(np.int64)
@@ -106,6 +111,26 @@ class Demuxed:
             self.container.close()
         except Exception:
             pass
+
+
+def _h264_disposable(pkts, extradata) -> np.ndarray:
+    """bool per packet: its picture is not a reference (``nal_ref_idc`` of its first slice NAL unit is 0),
+    so no other frame is decoded from it. AVCC packets only (an mp4's ``avcC`` extradata gives the
+    NAL length size); anything else is never disposable."""
+    out = np.zeros(len(pkts), bool)
+    if not extradata or len(extradata) < 7 or extradata[0] != 1:
+        return out
+    size = (extradata[4] & 3) + 1
+    for j, p in enumerate(pkts):
+        d, i = bytes(p), 0
+        while i + size < len(d):
+            n = int.from_bytes(d[i: i + size], "big")
+            nal = d[i + size]
+            if nal & 0x1F in (1, 5):                     # a slice: this picture's reference flag
+                out[j] = (nal >> 5) & 3 == 0
+                break
+            i += size + n
+    return out
 
 
 #: swscale flags of the YUV->RGB conversion (BT.601 as the stream says, bilinear chroma
@@ -163,6 +188,7 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
     conv = _reformatter().reformat   # one swscale context for every frame (a frame's own makes a new one)
     rgb = (lambda fr: _rgb_planes(conv(fr, **fmt))) if planar else (lambda fr: conv(fr, **fmt).to_ndarray())
     need = sorted(set(int(i) for i in indices))
+    wanted = set(need)
     if need[-1] >= dm.num_frames or need[0] < 0:
         raise BadSample(f"frame {need[-1]} requested from a video of {dm.num_frames} frames")
     got: Dict[int, np.ndarray] = {}
@@ -184,6 +210,9 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
             # feed until the target frame comes out (B-frames delay output)
             while target not in got:
                 if pos < len(pkts):
+                    if seek and dm.disposable[pos] and int(dm.rank_of_pos[pos]) not in wanted:
+                        pos += 1                       # a frame nothing refers to and nobody wants: not decoded
+                        continue
                     frames = ctx.decode(pkts[pos])
                     pos += 1
                 else:
@@ -193,7 +222,7 @@ def decode_frames(dm: Demuxed, indices: Sequence[int], sws_flags: int = SWS_FAST
                 n_out += len(frames)
                 for fr in frames:
                     r = dm.rank_of_pts.get(int(fr.pts)) if fr.pts is not None else None
-                    if r is not None and r in need and r not in got:
+                    if r is not None and r in wanted and r not in got:
                         got[r] = rgb(fr)
             if target not in got:
                 break

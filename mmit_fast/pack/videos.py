@@ -8,7 +8,7 @@ from .. import shards as S
 from .annotations import parse_part, part_range, read_annotations, read_categories
 from .packer import Job, write_split
 from .presets import resolve as resolve_preset
-from .presets import resolve_short_side
+from .presets import resolve_bframes, resolve_short_side
 from .transcode import EncodeSpec, transcode_file
 from .writer import Sample, make_sample
 
@@ -68,9 +68,10 @@ def pack_videos(video_root: str, annotations: str, categories: str, out_dir: str
     fps/2 without it), and for the ``-128`` ones the short side (``short_side`` default 256).
     """
     short_side = resolve_short_side(preset, short_side)
+    bframes = resolve_bframes(preset, codec)
     fps, gop, preset = resolve_preset(preset, seconds, fps, gop)
     spec = EncodeSpec(codec=codec, short_side=short_side, fps=fps, seconds=seconds, gop=gop, crf=crf,
-                      audio_format=audio_format, preset=preset)
+                      audio_format=audio_format, preset=preset, bframes=bframes)
     if not os.path.isdir(video_root):
         raise FileNotFoundError(f"video root {video_root} is not a folder")
     classes = read_categories(categories)
