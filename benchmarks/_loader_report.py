@@ -94,9 +94,9 @@ def _extras(result):
                   "repetitions.", "", "| packing (short side) | frames per clip | H.264 ms/frame | VP9 ms/frame | VP9 / H.264 |",
                   "|---|---:|---:|---:|---:|"]
         for p in dict.fromkeys(c["preset"] for c in result["codec_cost"]):
-            h, v = cc[("h264", p)], cc[("vp9", p)]
-            lines.append(f"| {p} ({h['short_side']}) | {h['frames_per_clip']:.0f} | {h['ms_per_frame']:.3f} | "
-                         f"{v['ms_per_frame']:.3f} | {v['ms_per_frame'] / h['ms_per_frame']:.2f} |")
+            h, v = cc[("h264", p)], cc.get(("vp9", p))   # full-bframes: H.264 only
+            vp9 = f"{v['ms_per_frame']:.3f} | {v['ms_per_frame'] / h['ms_per_frame']:.2f}" if v else "- | -"
+            lines.append(f"| {p} ({h['short_side']}) | {h['frames_per_clip']:.0f} | {h['ms_per_frame']:.3f} | {vp9} |")
     iso = result.get("digest_isolated")
     if iso:
         lines += ["", f"Member digests (CRC-32 of the .json, .ids and .mp4 members a clip reads, timed on bytes in "
