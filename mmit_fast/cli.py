@@ -101,7 +101,8 @@ def _add_pack(sub):
     p.add_argument("--preset", choices=_preset_names(), default=None,
                    help="frame rate + keyframe spacing matched to a model: full (25 fps, the default), paper-i3d "
                         "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM); "
-                        "paper-i3d-128, tsm8-128: the same at short side 128, the size 112-px crops are resized to")
+                        "paper-i3d-128, tsm8-128: the same at short side 128, the size 112-px crops are resized to; "
+                        "full-bframes: full with non-reference B-frames (H.264), which the loader skips when unneeded")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default 25, or the preset's)")
     p.add_argument("--seconds", type=float, default=3.0, help="max clip length; shorter clips keep theirs (default 3)")
     p.add_argument("--gop", type=int, default=None, help="frames between keyframes (default fps/2, or the preset's)")
