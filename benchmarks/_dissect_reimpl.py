@@ -41,8 +41,8 @@ def _instrument(b):
 
     acc = {"forward": 0.0, "prep": 0.0}
     D.layer_activations = _timed(D.layer_activations, acc, "forward")
-    D._input = _timed(D._input, acc, "prep")
-    D._prep = _timed(D._prep, acc, "prep")
+    D.static_clip = _timed(D.static_clip, acc, "prep")
+    D.prep_image = _timed(D.prep_image, acc, "prep")
     b.image = _timed(b.image, acc, "prep")
     return acc
 
@@ -95,7 +95,7 @@ def _lite_features(model, spec, mean, std, b, layer, batch, mm_path):
     mm = None
     for s in range(0, len(b), batch):
         ids = list(range(s, min(len(b), s + batch)))
-        x = D._input(np.stack([D._prep(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
+        x = D.static_clip(np.stack([D.prep_image(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
         a = D.layer_activations(model, mods, x)[layer].numpy()
         if mm is None:
             mm = np.memmap(mm_path, dtype=float, mode="w+", shape=(len(b),) + a.shape[1:])

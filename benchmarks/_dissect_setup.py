@@ -139,7 +139,7 @@ def feature_memmap(work: str, model_name: str, layer: str, broden_dir: str, batc
     mm = None
     for s in range(0, len(b), batch):
         ids = list(range(s, min(len(b), s + batch)))
-        x = D._input(np.stack([D._prep(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
+        x = D.static_clip(np.stack([D.prep_image(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
         a = D.layer_activations(model, mods, x)[layer].numpy()
         if mm is None:
             mm = np.memmap(path + ".tmp", dtype=np.float64, mode="w+", shape=(len(b),) + a.shape[1:])

@@ -316,7 +316,7 @@ def test_input_buffer_reuse_equals_a_fresh_input():
     """The static-clip input written into a reused buffer (or its first rows, for a short last
     batch) equals a freshly built one; a buffer of another shape is not used."""
     from mmit_fast.data.sampling import ClipSpec
-    from mmit_fast.interpret.dissect_run import _input
+    from mmit_fast.interpret.dissect_inputs import static_clip as _input
 
     spec, mean, std = ClipSpec(frames=3, stride=1, crop=8), (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
     rng = np.random.default_rng(2)

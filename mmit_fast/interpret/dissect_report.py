@@ -68,7 +68,7 @@ def _layer_summary(model, broden, raw, name: str, iou_threshold: float, union: s
 
 def summarise(model, broden, raw, *, iou_threshold: float, union: str, quantile: float) -> Dict[str, Any]:
     names = list(raw["layers"])
-    from .dissect_run import stage_layers
+    from .dissect_inputs import stage_layers
 
     last = stage_layers(model)[-1] if stage_layers(model) else None
     layers = {n: _layer_summary(model, broden, raw, n, iou_threshold, union, n == last) for n in names}
@@ -104,7 +104,7 @@ def _units_csv(path: str, rows: List[Dict[str, Any]]) -> None:
 
 def _fig10(path, model, spec, mean, std, broden, raw, name, units, n_units: int = 8):
     """Top images of the best interpretable units, each with the unit's thresholded mask."""
-    from .dissect_run import _input, _prep, layer_activations
+    from .dissect_inputs import layer_activations, prep_image, static_clip
     from .dissect import binarise_upsampled
     from .layers import resolve_layers
     from PIL import Image, ImageDraw
@@ -119,7 +119,7 @@ def _fig10(path, model, spec, mean, std, broden, raw, name, units, n_units: int 
     for u in best:
         ids = [i for i in L["top_images"][u["unit"]]]
         imgs = [broden.image(i) for i in ids]
-        x = _input(np.stack([_prep(im, spec.crop) for im in imgs]), spec, mean, std, dev, True)
+        x = static_clip(np.stack([prep_image(im, spec.crop) for im in imgs]), spec, mean, std, dev, True)
         a = layer_activations(model, mods, x)[name][:, u["unit"]:u["unit"] + 1]
         tiles = []
         for b, i in enumerate(ids):

@@ -40,25 +40,13 @@ from .._io import claim_output_dir
 from .broden import Broden, BrodenError
 from .dissect import TopImages
 from .dissect_stage import TRIM_EVERY, exact_thresholds, release_freed_memory, tally_pass
-from .layers import available_layers, resolve_layers, to_video_maps
+from .dissect_inputs import layer_activations, prep_image, stage_layers, static_clip
+from .layers import resolve_layers
 from .maskcache import MaskCache, default_cache_dir
 from .quantile import ExactQuantile
 from .source import load_model
 
 __all__ = ["run_dissect", "dissect_model", "stage_layers", "plan_batches", "layer_activations"]
-
-
-def stage_layers(model) -> List[str]:
-    pre = "video." if getattr(model, "modality", "video") == "audio-video" else ""
-    return [n for n in available_layers(model) if "." not in n[len(pre):]]
-
-
-def _prep(img: np.ndarray, crop: int) -> np.ndarray:
-    from PIL import Image
-
-    if img.shape[:2] != (crop, crop):
-        img = np.asarray(Image.fromarray(img).resize((crop, crop), Image.BILINEAR))
-    return img
 
 
 def plan_batches(broden: Broden, batch_size: int, skipped: Dict[str, str], limit: Optional[int] = None
@@ -111,42 +99,6 @@ class _SpillFile:
         self.f.close()
 
 
-def layer_activations(model, modules: Dict[str, torch.nn.Module], x: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """One forward pass; each named layer's output as [B, K, h, w] (time averaged)."""
-    got: Dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            from ..models import run_model
-
-            run_model(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for n in modules:
-        a = to_video_maps(got[n], x.shape[0])
-        out[n] = a.mean(dim=2) if a.dim() == 5 else a
-    return out
-
-
-def _input(images: np.ndarray, spec, mean, std, device, video: bool, out: Optional[torch.Tensor] = None
-           ) -> torch.Tensor:
-    """The model input: each image repeated over the clip's frames (``video``), written into ``out``
-    (or its first rows) when its shape allows (the static clip of a batch of 16 is ~77 MB at 8 x 224
-    px: reusing one buffer saves a fresh, page-faulted allocation and its release per batch)."""
-    from .source import to_input
-
-    x = to_input(images[:, None], mean, std, device)                      # [B, 3, 1, c, c]
-    if not video:
-        return x[:, :, 0]
-    shape = (x.shape[0], x.shape[1], spec.frames) + tuple(x.shape[3:])
-    if (out is None or tuple(out.shape[1:]) != shape[1:] or out.shape[0] < shape[0] or out.dtype != x.dtype
-            or out.device != x.device):
-        return x.expand(shape).contiguous()
-    return out[:shape[0]].copy_(x.expand(shape))                          # a leading slice stays contiguous
-
-
 @contextlib.contextmanager
 def _small_ops(device):
     """Run a block of small, memory-bound tensor ops on one CPU thread (on a busy machine, OpenMP
@@ -186,7 +138,7 @@ def dissect_model(model, spec, mean, std, broden: Broden, layers: Sequence[str],
         try:
             buf = None
             for ids, imgs, size in plan_batches(broden, batch_size, skipped, limit):
-                x = _input(np.stack([_prep(im, spec.crop) for im in imgs]), spec, mean, std, dev, True, buf)
+                x = static_clip(np.stack([prep_image(im, spec.crop) for im in imgs]), spec, mean, std, dev, True, buf)
                 if buf is None or x.data_ptr() != buf.data_ptr():
                     buf = x                                                # a new buffer: reused from now on
                 acts = layer_activations(model, mods, x)
