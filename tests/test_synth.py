@@ -404,7 +404,7 @@ def test_close_layout_puts_actors_nearer_than_anywhere():
 def test_layout_is_recorded_and_the_default_is_unchanged(tmp_path):
     from mmit_fast.cli import main
 
-    with pytest.raises(ValueError, match="layout must be one of centre, anywhere"):
+    with pytest.raises(ValueError, match="layout must be one of centre, anywhere, close"):
         SynthConfig(layout="middle")
     # the default layout renders what it rendered before layouts existed (same draws, same pixels)
     a = render_video(SynthConfig(size=48, fps=10, seconds=1.0, seed=5), 3)
@@ -414,9 +414,10 @@ def test_layout_is_recorded_and_the_default_is_unchanged(tmp_path):
     assert not np.array_equal(a["frames"], c["frames"])
     args = ["--num-videos", "2", "--size", "32", "--fps", "8", "--seconds", "1", "--workers", "1", "--splits", "1,0,0",
             "--codec", "mjpeg"]
-    assert main(["synth", str(tmp_path / "d"), "--layout", "anywhere", *args]) == 0
-    man = S.load_manifest(str(tmp_path / "d"))
-    assert man.source["splits"]["train"]["config"]["layout"] == "anywhere"
+    for lay in ("anywhere", "close"):
+        assert main(["synth", str(tmp_path / lay), "--layout", lay, *args]) == 0
+        man = S.load_manifest(str(tmp_path / lay))
+        assert man.source["splits"]["train"]["config"]["layout"] == lay
     # a dataset recorded before layouts existed is the centre layout: reused, not re-rendered
     assert main(["synth", str(tmp_path / "e"), *args]) == 0
     mpath = tmp_path / "e" / "manifest.json"
