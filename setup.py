@@ -5,7 +5,8 @@ One distribution, ``mmit-fast``:
   * the Triton kernel sources of the top-level ``kernels/`` folder, installed as
     ``mmit_fast.kernels``;
   * the pybind11 extension ``mmit_fast._C`` compiled from ``csrc/`` (-O3, OpenMP): the CPU loss
-    kernels (``losses.cpp``) and Network Dissection's IoU and threshold kernels (``dissect.cpp``).
+    kernels (``losses.cpp``) and Network Dissection's IoU kernels (``dissect.cpp``) and exact
+    threshold kernels (``quantile.cpp``).
 
 The extension needs no torch headers: it works on contiguous float32 buffers
 through the buffer protocol, so the build only needs pybind11 and a C++17 compiler.

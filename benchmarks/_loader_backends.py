@@ -280,7 +280,10 @@ def write_results(result, out_dir):
     tag = "".join(ch if ch.isalnum() else "_" for ch in tag).strip("_")[:60]
     base = os.path.join(out_dir, f"loader_{tag}")
     atomic_write_json(base + ".json", result)
-    lines = [f"# Loader throughput ({result['device']})", "",
+    lines = [f"# Loader throughput: the backend matrix ({result['device']})", "",
+             "Not the headline: the `baseline` here is the obvious loader (decode the whole video, then sample), "
+             "not the careful peer. The headline against the careful peer is `loader_presets_<machine>.md` "
+             "(`bench_loader.py`, presets suite).", "",
              f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if 'gpu' in m else "")
              + f"; torch {m['torch']}, DALI {m['dali']}, PyAV {m['pyav']}.", "",
              f"Batch size {result['rows'][0]['batch_size']}, {result['rows'][0]['workers']} worker processes, evaluation clips "

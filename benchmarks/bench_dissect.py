@@ -1,50 +1,40 @@
-"""Network Dissection speed and memory: mmit-fast's dissection vs NetDissect-Lite's method.
+"""Network Dissection's stage against NetDissect-Lite's own code, on identical features.
 
-Same concept images (a Multi-Moving-Shapes Broden export), same model (the demo's I3D-R18
-width 16, 8 frames at 224 px, static clips; a 2D ResNet-18, NetDissect's own model family, at
-224 px; or a stub 512-unit 7 x 7 layer with a cheap forward),
-same layer, same threshold quantile and IoU rule (NetDissect's category-restricted union),
-measured side by side in one run, each measurement in its own fresh process (so its peak
-resident memory is its own), interleaving the two methods repetition by repetition (the machine
-is shared; interleaving keeps it fair). Both processes import the same modules before the clock
-starts (PIL's plugins, the model package), so neither pays the other's imports.
+The headline (``--lite PATH``, a user's checkout of CSAILVision/NetDissect-Lite): a 2D ResNet-18
+(NetDissect's model family; random weights) at 224 px gives ``layer3`` (256 units, 14 x 14) and
+``layer4`` (512 units, 7 x 7) activations of a Broden export of the synthetic set (rows repeated
+to N and 2N images). They are written once, by our forward pass, to a float64 memmap in Lite's own
+layout ([N, K, h, w], what its ``feature_extraction`` writes). Then, each run in a fresh process
+that only reads that memmap and the concept set:
 
-* **ours**: :func:`mmit_fast.interpret.dissect_run.dissect_model`: one forward pass; per-unit
-  streaming histograms for the thresholds (memory K x 4096 counts); activations spilled to a
-  float32 temporary file and read back batch by batch; IoU sums from only the pixels that can
-  exceed the threshold (image-unit pairs with no cell above it skipped; blocks of output pixels
-  next to a hot cell, pruned by their exact corner maximum), joined with all concepts of the
-  batch at once (:meth:`~mmit_fast.interpret.dissect.IoUTally.update_sparse`);
-* **NetDissect-Lite's method** (reimplemented here from its ``feature_operation.py``, structure
-  kept): ``feature_extraction`` stores every image's features in a float64 ``np.memmap``
-  (N x K x h x w; Lite's second memmap of per-image maxima is not needed here and left out);
-  ``quantile_threshold`` is ``np.percentile`` over all images and positions (Lite:
-  ``np.percentile(features, 100 * (1 - q), axis=[0, 2, 3])``; here the same numbers via a
-  transpose: numpy copies the memmap into memory either way); ``tally_job`` loops over images
-  and, per image, over units: skip the unit when the map's max is not above its threshold,
-  else bilinear resize with PIL mode ``F`` (what ``scipy.misc.imresize(..., mode='F')`` did),
-  ``argwhere`` above the threshold, ``bincount`` of the pixel labels under those pixels,
-  image-level (scalar) labels added, ``tally_units_cat`` per category. Lite reads label maps
-  with a prefetching thread pool; here the masks are decoded by the same code as ours and that
-  time is subtracted from both (``dissection stage``). Single process, as Lite's default
-  ``PARALLEL = 1``.
+* **NetDissect-Lite**: its ``FeatureOperator.quantile_threshold`` (its streaming
+  ``QuantileVector``) and ``FeatureOperator.tally`` (its per-image, per-unit loop; masks read by
+  its own process pool), imported from the checkout as published, patched at run time only where
+  today's Python, NumPy and SciPy stop it (``_dissect_lite.py`` names each patch);
+* **mmit-fast, cold**: :func:`mmit_fast.interpret.dissect_stage.dissect_features` with an empty
+  mask-cache folder: exact thresholds (pass 1 + at most two refinement passes), the concept masks
+  decoded on the run's threads and packed into the cache, the IoU pass;
+* **mmit-fast, warm**: the same with the cache already built (by an earlier, untimed run on the
+  same concept set: what every later layer, model and run finds).
 
-Reported: images/s end to end (the forward pass included: it is the same work for both and
-dominates on a CPU), images/s of the dissection stage alone (end to end minus the forward
-pass), peak resident memory (``ru_maxrss``) minus the process's memory after loading the
-model, for N images and 2N images (memory flat when the dataset doubles?), and how closely
-the two IoU matrices agree.
+Ours reads the memmap with plain reads, batch by batch (its memory does not grow with N); Lite
+slices the memmap (its pages stay resident). Reported per cell: images / stage seconds (median
+and min-max over repetitions interleaved method by method, in rotating order), the ratio to Lite
+(ratio of medians, and the min-max of the per-repetition ratios), peak resident memory above the
+process's memory before the clock, and how closely the IoU matrices and thresholds agree (ours
+against Lite's, both against ``np.percentile`` over the memmap).
 
-    python benchmarks/bench_dissect.py                 # results in benchmarks/results/tmp/
-    python benchmarks/bench_dissect.py --save          # the committed figures
+``--extras``: rows against our earlier *reimplementation* of Lite's method, end to end with the
+forward pass (``_dissect_reimpl.py``); clearly labelled, never the headline.
+
+    python benchmarks/bench_dissect.py --lite ~/src/NetDissect-Lite          # results in benchmarks/results/tmp/
+    python benchmarks/bench_dissect.py --lite ~/src/NetDissect-Lite --save   # the committed figures
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -54,457 +44,317 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _dissect_setup import feature_memmap, make_data, peak_rss_mb, rss_mb, sized_copy  # noqa: E402
 from _machine import add_output_args, cpu_model, load_average, results_dir  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = ("lite", "ours-warm", "ours-cold")
+LABEL = {"lite": "NetDissect-Lite (its code)", "ours-warm": "mmit-fast, mask cache warm",
+         "ours-cold": "mmit-fast, mask cache cold (built in the run)"}
 
 
-# --------------------------------------------------------------------------- setup
-def make_data(work: str, videos: int) -> str:
-    from mmit_fast.pack.synth import generate_dataset
-
-    broden = os.path.join(work, "broden")
-    if not os.path.exists(os.path.join(broden, "index.csv")):
-        generate_dataset(os.path.join(work, "data"), num_videos=videos, splits=(0, 0, 1), workers=2, broden=broden,
-                         progress=False)
-    return broden
-
-
-def sized_copy(broden: str, n: int, dest: str) -> str:
-    """A Broden folder of exactly ``n`` rows (the export's rows repeated), images shared by symlink."""
-    os.makedirs(dest, exist_ok=True)
-    for name in ("label.csv", "category.csv"):
-        shutil.copy(os.path.join(broden, name), dest)
-    link = os.path.join(dest, "images")
-    if os.path.islink(link):
-        os.unlink(link)
-    os.symlink(os.path.abspath(os.path.join(broden, "images")), link)
-    with open(os.path.join(broden, "index.csv"), newline="") as f:
-        rows = list(csv.reader(f))
-    head, body = rows[0], rows[1:]
-    with open(os.path.join(dest, "index.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(head)
-        w.writerows(body[i % len(body)] for i in range(n))
-    return dest
-
-
-def make_checkpoint(path: str, crop: int) -> str:
+# --------------------------------------------------------------------------- workers (fresh processes)
+def _reader(path, shape, batches):
+    """Batches of the float64 memmap as float32 tensors, by plain reads into one reused buffer."""
     import torch
 
-    from mmit_fast.models import create_model
-    from mmit_fast.pack.synth import CLASSES
+    row = int(np.prod(shape[1:])) * 8
 
-    torch.manual_seed(0)
-    kw = dict(depth=18, width=16, conv1_t=1)
-    m = create_model("i3d", len(CLASSES), **kw)
-    torch.save({"format": "mmit-checkpoint", "version": 2, "model_spec": {"name": "i3d", "num_classes": len(CLASSES),
-                                                                           "kwargs": kw},
-                "classes": list(CLASSES), "modality": "video", "model": m.state_dict(), "config": {},
-                "preprocess": {"frames": 8, "crop": crop, "stride": 4, "sampling": "consecutive"}}, path)
-    return path
-
-
-class _Stub:
-    """Built in the worker: a fixed random 2D "layer4" (512 units on a 7 x 7 grid from 224 px,
-    ReLU), the size of the layer NetDissect dissects in ResNet-18, with a cheap forward pass so
-    that the dissection itself is measured at that scale."""
-
-    @staticmethod
-    def build(units: int = 512):
-        import torch
-        from torch import nn
-
-        from mmit_fast.data.sampling import ClipSpec
-
-        class Stub(nn.Module):
-            modality = "video"
-
-            def __init__(self):
-                super().__init__()
-                torch.manual_seed(0)
-                self.layer4 = nn.Sequential(nn.Conv2d(3, units, 32, 32), nn.ReLU())
-                self.classifier = nn.Linear(units, 10)
-
-            def forward(self, x):
-                return self.classifier(self.layer4(x.mean(dim=2)).mean(dim=(2, 3)))
-
-        return Stub().eval(), ClipSpec(frames=1, stride=1, crop=224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    def read():
+        buf = np.empty((max(len(ids) for ids, _ in batches),) + tuple(shape[1:]), np.float64)
+        with open(path, "rb") as f:
+            for ids, _ in batches:
+                part = buf[:len(ids)]
+                f.seek(ids[0] * row)
+                f.readinto(memoryview(part).cast("B"))
+                yield torch.from_numpy(part.astype(np.float32))
+    return read
 
 
-class _ResNet18:
-    """Built in the worker: NetDissect's own model family, a 2D ResNet-18 (:class:`mmit_fast.models.
-    resnet2d.ResNet2d`, torchvision's layout; random He-initialised weights, BatchNorm in eval mode)
-    fed the static clip's frame; ``net.layer3`` has 256 units on 14 x 14 maps and ``net.layer4`` 512
-    units on 7 x 7 at 224 px, as in NetDissect-Lite's ResNet-18 example."""
+def worker_ours(args):
+    import torch
 
-    @staticmethod
-    def build():
-        import torch
-        from torch import nn
+    from mmit_fast.interpret.broden import Broden
+    from mmit_fast.interpret.dissect_stage import dissect_features
 
-        from mmit_fast.data.sampling import ClipSpec
-        from mmit_fast.models.resnet2d import ResNet2d
-
-        class Net(nn.Module):
-            modality = "video"
-
-            def __init__(self):
-                super().__init__()
-                torch.manual_seed(0)
-                self.net = ResNet2d(18, num_classes=10)
-
-            def forward(self, x):
-                return self.net(x.mean(dim=2))
-
-        return Net().eval(), ClipSpec(frames=1, stride=1, crop=224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    torch.set_num_threads(args.threads)
+    b = Broden(args.broden)
+    shape = tuple(args.shape)
+    size = (b.rows[0].sh, b.rows[0].sw)
+    batches = [(list(range(s, min(shape[0], s + args.batch))), size) for s in range(0, shape[0], args.batch)]
+    read = _reader(args.features, shape, batches)
+    base = rss_mb()
+    t0 = time.perf_counter()
+    res = dissect_features({"layer": read}, b, batches, quantile=args.quantile, mask_cache=args.mask_cache,
+                           threads=args.threads)
+    dt = time.perf_counter() - t0
+    L = res["layers"]["layer"]
+    return dt, base, L["iou"].iou("category").numpy(), L["thresholds"].numpy(), res["mask_cache"]
 
 
-def _load(ckpt):
-    from mmit_fast.interpret.source import load_model
-
-    if ckpt in ("stub", "resnet18"):
-        return (_Stub if ckpt == "stub" else _ResNet18).build()
-    return load_model(ckpt, "cpu")
-
-
-# --------------------------------------------------------------------------- workers
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _timed(fn, acc, key):
-    def run(*a, **k):
-        t = time.perf_counter()
-        out = fn(*a, **k)
-        acc[key] += time.perf_counter() - t
-        return out
-    return run
-
-
-def _instrument(b):
-    """Time the work both methods share (the same code): the forward pass, reading + preparing the
-    images, decoding the mask PNGs."""
-    from mmit_fast.interpret import broden as B
-    from mmit_fast.interpret import dissect_run as D
-
-    acc = {"forward": 0.0, "prep": 0.0, "masks": 0.0}
-    B.read_mask_png = _timed(B.read_mask_png, acc, "masks")
-    D.layer_activations = _timed(D.layer_activations, acc, "forward")
-    D._input = _timed(D._input, acc, "prep")
-    D._prep = _timed(D._prep, acc, "prep")
-    b.image = _timed(b.image, acc, "prep")
-    return acc
-
-
-def _setup(ckpt, broden_dir):
-    """What both workers do before the clock: the model, the concept set, the resident memory after
-    loading them, and the timers of the shared work."""
+def worker_lite(args):
     from mmit_fast.interpret.broden import Broden
 
-    model, spec, mean, std = _load(ckpt)
-    b = Broden(broden_dir)
-    base = _rss_mb()
-    return (model, spec, mean, std), b, base, _instrument(b)
+    import _dissect_lite as lite
 
-
-def worker_ours(ckpt, broden_dir, layer, quantile, batch):
-    from mmit_fast.interpret import dissect_run as D
-
-    (model, spec, mean, std), b, base, acc = _setup(ckpt, broden_dir)
-    t0 = time.perf_counter()
-    raw = D.dissect_model(model, spec, mean, std, b, [layer], quantile=quantile, batch_size=batch)
-    iou = raw["layers"][layer]["iou"].iou("category").cpu().numpy()
-    dt = time.perf_counter() - t0
-    return dt, acc, raw["images"], base, iou, raw["concepts"]
-
-
-def _lite_concepts(b, i):
-    """Lite's per-image concept map: stacked pixel label maps and the image-level labels."""
-    from mmit_fast.interpret.broden import _BOX, read_mask_png
-
-    r = b.rows[i]
-    pixels, scalars = [], []
-    for cat in b.categories:
-        for t in r.cells.get(cat, []):
-            if t.isdigit():
-                scalars.append(int(t))
-            elif _BOX.match(t):
-                g = _BOX.match(t).groups()
-                m = np.zeros((r.sh, r.sw), np.int64)
-                m[int(float(g[1])):int(np.ceil(float(g[3]))), int(float(g[0])):int(np.ceil(float(g[2])))] = int(g[4])
-                pixels.append(m)
-            else:
-                pixels.append(read_mask_png(os.path.join(b.root, "images", t)))
-    return (np.stack(pixels) if pixels else np.zeros((0, r.sh, r.sw), np.int64)), scalars, r.sh, r.sw
-
-
-def _lite_features(model, spec, mean, std, b, layer, batch, mm_path):
-    from mmit_fast.interpret import dissect_run as D
-    from mmit_fast.interpret.layers import resolve_layers
-
-    mods = resolve_layers(model, [layer])
-    mm = None
-    for s in range(0, len(b), batch):
-        ids = list(range(s, min(len(b), s + batch)))
-        x = D._input(np.stack([D._prep(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
-        a = D.layer_activations(model, mods, x)[layer].numpy()
-        if mm is None:
-            mm = np.memmap(mm_path, dtype=float, mode="w+", shape=(len(b),) + a.shape[1:])
-        mm[s:s + len(ids)] = a
-    mm.flush()
-    return mm
-
-
-def _lite_tally(mm, b, thr, labelcat):
-    from PIL import Image
-
-    N, K = mm.shape[:2]
-    L = labelcat.shape[0]
-    tally_both, tally_units = np.zeros((K, L)), np.zeros(K)
-    tally_units_cat, tally_labels = np.zeros((K, labelcat.shape[1])), np.zeros(L)
-    for i in range(N):
-        pixels, scalars, sh, sw = _lite_concepts(b, i)
-        for s in scalars:
-            tally_labels[s] += sh * sw
-        if len(pixels):
-            tl = np.bincount(pixels.ravel(), minlength=L)[1:]
-            tally_labels[1:len(tl) + 1] += tl
-        for u in range(K):
-            fm = mm[i, u].astype(np.float32)
-            if fm.max() > thr[u]:
-                mask = np.array(Image.fromarray(fm, mode="F").resize((sw, sh), Image.BILINEAR))
-                idx = np.argwhere(mask > thr[u])
-                tally_units[u] += len(idx)
-                tally_cat = np.zeros(labelcat.shape[1])
-                if len(pixels):
-                    bt = np.bincount(pixels[:, idx[:, 0], idx[:, 1]].ravel(), minlength=L)
-                    bt[0] = 0
-                    tally_cat = bt @ labelcat
-                    tally_both[u] += bt
-                for s in scalars:
-                    tally_cat = tally_cat + labelcat[s]
-                    tally_both[u, s] += len(idx)
-                tally_units_cat[u] += len(idx) * (tally_cat > 0)
-    return tally_both, tally_units_cat, tally_labels
-
-
-def worker_lite(ckpt, broden_dir, layer, quantile, batch):
-    (model, spec, mean, std), b, base, acc = _setup(ckpt, broden_dir)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        mm = _lite_features(model, spec, mean, std, b, layer, batch, os.path.join(tmp, "feat.mmap"))
-        K = mm.shape[1]
-        thr = np.percentile(np.transpose(mm, (1, 0, 2, 3)).reshape(K, -1), 100 * (1 - quantile), axis=1)
-        maxnum = max(b.all_concepts) + 1
-        labelcat = np.zeros((maxnum, len(b.categories)))
-        for n, c in b.concepts.items():
-            labelcat[n, b.categories.index(c.category)] = 1
-        both, ucat, labels = _lite_tally(mm, b, thr, labelcat)
-        iou = both / (ucat @ labelcat.T + labels[None, :] - both + 1e-10)
-        del mm
-    dt = time.perf_counter() - t0
-    concepts = sorted(b.concepts)
-    return dt, acc, len(b), base, iou[:, concepts], concepts
-
-
-def _warm_imports() -> None:
-    """Import what either method imports lazily (PIL's decoders, the model package), before the clock."""
-    import PIL.JpegImagePlugin  # noqa: F401
-    import PIL.PngImagePlugin  # noqa: F401
-
-    import mmit_fast.models  # noqa: F401
+    b = Broden(args.broden)
+    cats = [c for c in b.categories if os.path.exists(os.path.join(args.broden, f"c_{c}.csv"))]
+    with tempfile.TemporaryDirectory() as out:
+        FeatureOperator, captured = lite.load(args.lite, args.broden, out, cats, args.quantile)
+        op = FeatureOperator()
+        features = np.memmap(args.features, dtype=float, mode="r", shape=tuple(args.shape))
+        base = rss_mb()
+        t0 = time.perf_counter()
+        thr = lite.run_stage(op, features)
+        dt = time.perf_counter() - t0
+        iou = lite.iou_of(op, captured)[:, sorted(b.concepts)]
+    return dt, base, iou, np.asarray(thr, np.float64), "-"
 
 
 def run_worker(args) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    _warm_imports()
-    fn = worker_ours if args.worker == "ours" else worker_lite
-    dt, acc, n, base, iou, concepts = fn(args.checkpoint, args.broden, args.layer, args.quantile, args.batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.save(args.iou_out, iou)
-    print(json.dumps({"seconds": dt, "forward_seconds": acc["forward"], "prep_seconds": acc["prep"],
-                      "mask_png_seconds": acc["masks"], "images": n,
-                      "rss_after_load_mb": base,
-                      "peak_rss_mb": peak, "peak_minus_load_mb": peak - base, "units": int(iou.shape[0]),
-                      "concepts": len(concepts)}))
+    fn = worker_lite if args.worker == "lite" else worker_ours
+    dt, base, iou, thr, cache = fn(args)
+    peak = peak_rss_mb()
+    np.save(args.out_prefix + "_iou.npy", iou)
+    np.save(args.out_prefix + "_thr.npy", thr)
+    print(json.dumps({"seconds": dt, "images": int(args.shape[0]), "rss_before_mb": base, "peak_rss_mb": peak,
+                      "peak_minus_start_mb": peak - base, "mask_cache": cache}))
 
 
 # --------------------------------------------------------------------------- driver
-def measure(method, ckpt, broden, layer, args, iou_out):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--checkpoint", ckpt, "--broden", broden,
-           "--layer", layer, "--quantile", str(args.quantile), "--batch", str(args.batch),
-           "--threads", str(args.threads), "--iou-out", iou_out]
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")   # as the mmit CLI sets it; the same for both methods
+def measure(method, cell, args, out_prefix, cache=None):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "lite" if method == "lite" else "ours",
+           "--broden", cell["broden"], "--features", cell["features"], "--shape", *map(str, cell["shape"]),
+           "--quantile", str(args.quantile), "--batch", str(args.stage_batch), "--threads", str(args.threads),
+           "--out-prefix", out_prefix]
+    if method == "lite":
+        cmd += ["--lite", args.lite]
+    elif cache:
+        cmd += ["--mask-cache", cache]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")   # as the mmit CLI sets it; the same for every method
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs, n):
-    def med(xs):
-        xs = np.asarray(xs, float)
-        return {"median": float(np.median(xs)), "min": float(xs.min()), "max": float(xs.max())}
+def _stats(xs):
+    xs = np.asarray(xs, float)
+    return {"median": float(np.median(xs)), "min": float(xs.min()), "max": float(xs.max())}
 
+
+def run_headline(args, cells, work):
+    """Every (layer, size) cell, repetitions interleaved method by method in rotating order."""
+    runs = {}
+    warm = {}
+    for key, c in cells.items():                      # the warm caches: one untimed run per concept set
+        if c["broden"] not in warm:
+            warm[c["broden"]] = os.path.join(work, "cache_" + os.path.basename(c["broden"]))
+            shutil.rmtree(warm[c["broden"]], ignore_errors=True)
+            measure("ours-warm", c, args, os.path.join(work, "prime"), warm[c["broden"]])
+    for rep in range(args.reps):
+        for key, c in cells.items():
+            order = METHODS[rep % 3:] + METHODS[:rep % 3]
+            for m in order:
+                cold = tempfile.mkdtemp(prefix="cold_", dir=work) if m == "ours-cold" else None
+                r = measure(m, c, args, os.path.join(work, f"{key}_{m}"), cold or warm[c["broden"]])
+                if cold:
+                    shutil.rmtree(cold)
+                runs.setdefault(key, {}).setdefault(m, []).append(r)
+                print(f"rep {rep + 1}/{args.reps} {key:14s} {m:9s} {r['images'] / r['seconds']:7.1f} img/s "
+                      f"peak +{r['peak_minus_start_mb']:.0f} MB ({r['mask_cache']})", flush=True)
+    return runs
+
+
+def agreement(cell, work, key):
+    """IoU of ours against Lite's; thresholds of both against np.percentile over the memmap."""
+    a = np.load(os.path.join(work, f"{key}_ours-warm_iou.npy"))
+    c = np.load(os.path.join(work, f"{key}_ours-cold_iou.npy"))
+    b = np.load(os.path.join(work, f"{key}_lite_iou.npy"))
+    mm = np.memmap(cell["features"], dtype=np.float64, mode="r", shape=tuple(cell["shape"]))
+    K = mm.shape[1]
+    ref = np.percentile(np.transpose(mm, (1, 0, 2, 3)).reshape(K, -1), 100 * (1 - cell["quantile"]), axis=1)
+    t_ours = np.load(os.path.join(work, f"{key}_ours-warm_thr.npy"))
+    t_lite = np.load(os.path.join(work, f"{key}_lite_thr.npy"))
+    rel = np.abs(t_lite - ref) / np.maximum(np.abs(ref), 1e-12)
+    return {"units": int(a.shape[0]), "concepts": int(a.shape[1]), "iou_max_abs_diff": float(np.abs(a - b).max()),
+            "same_label": int((a.argmax(1) == b.argmax(1)).sum()), "cold_equals_warm": bool(np.array_equal(a, c)),
+            "ours_thresholds_equal_np_percentile": bool(np.array_equal(t_ours, ref)),
+            "lite_threshold_rel_error_median": float(np.median(rel)), "lite_threshold_rel_error_max": float(rel.max())}
+
+
+def summarise(runs):
     out = {}
-    for (method, size), rs in runs.items():
-        out[f"{method}@{size}"] = {
-            "images_per_s": med([r["images"] / r["seconds"] for r in rs]),
-            "dissection_images_per_s": med([r["images"] / max(r["seconds"] - r["forward_seconds"] - r["prep_seconds"]
-                                                              - r["mask_png_seconds"], 1e-9) for r in rs]),
-            "mask_png_seconds": med([r["mask_png_seconds"] for r in rs]),
-            "prep_seconds": med([r["prep_seconds"] for r in rs]),
-            "seconds": med([r["seconds"] for r in rs]), "forward_seconds": med([r["forward_seconds"] for r in rs]),
-            "peak_minus_load_mb": med([r["peak_minus_load_mb"] for r in rs]),
-            "peak_rss_mb": med([r["peak_rss_mb"] for r in rs]), "units": rs[0]["units"], "images": rs[0]["images"]}
+    for key, by in runs.items():
+        lite = [r["images"] / r["seconds"] for r in by["lite"]]
+        s = {}
+        for m, rs in by.items():
+            ips = [r["images"] / r["seconds"] for r in rs]
+            s[m] = {"images_per_s": _stats(ips), "seconds": _stats([r["seconds"] for r in rs]),
+                    "peak_minus_start_mb": _stats([r["peak_minus_start_mb"] for r in rs]),
+                    "ratio_of_medians": float(np.median(ips) / np.median(lite)),
+                    "paired_ratios": _stats([x / y for x, y in zip(ips, lite)])}
+        out[key] = s
     return out
 
 
-def _layer_md(res, meta, layer):
-    n, n2 = res["layers"][layer].get("sizes", (meta["images"], 2 * meta["images"]))
-    s, a = res["layers"][layer]["summary"], res["layers"][layer]["agreement"]
-    fmt = lambda d: f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"  # noqa: E731
-    if layer.startswith("stub"):
-        title = (f"`{layer}` of a stub layer: 512 units on 7 x 7 maps from 224 px images (ResNet-18 layer4's size), "
-                 "a fixed random 32x32-stride conv + ReLU, so the dissection, not the forward pass, is measured")
-    elif layer.startswith("resnet18"):
-        title = (f"`{layer.split('.', 1)[1]}` of a 2D ResNet-18 (NetDissect's model family; random weights) on "
-                 "224 px images")
-    else:
-        title = f"`{layer}` of the video model"
-    lines = [f"## {title} ({a['units']} units, {a['concepts']} concepts)", "",
-             "| method | images | images/s end to end | images/s dissection stage | forward s | image prep s | "
-             "mask PNG decode s | peak RSS above model load (MB) |", "|---|---|---|---|---|---|---|---|"]
-    for size in (n, n2):
-        for m, label in (("ours", "mmit-fast"), ("lite", "NetDissect-Lite method")):
-            d = s[f"{m}@{size}"]
-            lines.append(f"| {label} | {size} | {fmt(d['images_per_s'])} | {fmt(d['dissection_images_per_s'])} | "
-                         f"{d['forward_seconds']['median']:.1f} | {d['prep_seconds']['median']:.1f} | "
-                         f"{d['mask_png_seconds']['median']:.1f} | "
-                         f"{fmt(d['peak_minus_load_mb'])} |")
-    o, l_ = s[f"ours@{n}"], s[f"lite@{n}"]
-    sp = o["images_per_s"]["median"] / l_["images_per_s"]["median"]
-    sp2 = o["dissection_images_per_s"]["median"] / l_["dissection_images_per_s"]["median"]
-    pk = lambda m, k: s[f"{m}@{k}"]["peak_minus_load_mb"]["median"]  # noqa: E731
-    lines += ["", f"At {n} images: **{sp:.1f}x end to end**, **{sp2:.1f}x for the dissection stage**. "
-              f"Peak memory above the loaded model, {n} -> {n2} images: ours {pk('ours', n):.0f} -> "
-              f"{pk('ours', n2):.0f} MB, Lite's {pk('lite', n):.0f} -> {pk('lite', n2):.0f} MB. "
-              f"IoU matrices: max |difference| {a['max_abs_diff']:.4f}, same unit label for "
-              f"{a['same_label']}/{a['units']} units.", ""]
-    return lines
+def _fmt(d, nd=1):
+    return f"{d['median']:.{nd}f} ({d['min']:.{nd}f}-{d['max']:.{nd}f})"
 
 
-def write_md(path, res, meta):
-    lines = ["# Network Dissection: mmit-fast vs NetDissect-Lite's method (`benchmarks/bench_dissect.py`)", "",
-             f"Machine: {meta['cpu']} ({meta['cores']} cores visible, **shared with other jobs**: load average "
-             f"{meta['load_before']} before, {meta['load_after']} after), torch {meta['torch']}, "
-             f"{meta['threads']} threads, OMP_WAIT_POLICY=PASSIVE for both. Models: {meta['model']}. Concept images: "
-             f"a Multi-Moving-Shapes Broden export (112 px masks; rows repeated to N and 2N), static clips; "
-             f"quantile {meta['quantile']}, batch {meta['batch']}, NetDissect's category-restricted union. "
-             f"{meta['reps']} repetitions per cell, each in a fresh process, methods interleaved; median (min-max).", "",
-             "*End to end* = images / whole run. *Dissection stage* = images / (whole run - forward pass - image "
-             "reading and preparation - mask PNG decoding): thresholds, upsampling, binarising and the IoU sums, "
-             "the part where the two methods differ; the three subtracted parts run the same code for both.", ""]
+def write_md(path, res):
+    meta = res["meta"]
+    lines = ["# Network Dissection's stage: mmit-fast vs NetDissect-Lite's own code (`benchmarks/bench_dissect.py`)", "",
+             f"Machine: {meta['cpu']} ({meta['cores']} cores, **shared with other jobs**: load average "
+             f"{meta['load_before']} before, {meta['load_after']} after); Python {meta['python']}, NumPy "
+             f"{meta['numpy']}, SciPy {meta['scipy']}, Pillow {meta['pillow']}, torch {meta['torch']}; "
+             f"{meta['threads']} threads for ours, OMP_WAIT_POLICY=PASSIVE for every process.", "",
+             f"NetDissect-Lite: the checkout at `{meta['lite_path']}`, commit `{meta['lite_commit']}`, run as "
+             "published (its `quantile_threshold` + `tally`, `PARALLEL = 1`, its process pool of mask readers), "
+             "patched at run time only where today's software stops it: " + "; ".join(meta["lite_shims"]) + ".", "",
+             f"Features: {meta['model']}, written once to a float64 memmap in Lite's layout; every method reads the "
+             f"same file. Concept set: a Broden export of the synthetic set (112 px masks; rows repeated to N and 2N). "
+             f"Quantile {meta['quantile']}; ours in batches of {meta['stage_batch']}. {meta['reps']} repetitions per "
+             "cell, each in a fresh process, methods interleaved in rotating order; median (min-max). *Stage* = "
+             "thresholds + IoU tally (for ours: + the mask cache's digest check, and in the cold rows its build), "
+             "the work Lite's `quantile_threshold` + `tally` do.", ""]
     for layer in res["layers"]:
-        lines += _layer_md(res, meta, layer)
-    lines += ["Why the memory differs: NetDissect-Lite keeps every image's features in a float64 memmap and "
-              "`np.percentile` copies all of them into memory (N x K x h x w x 8 bytes, growing with the dataset); "
-              "ours keeps K x 4096 histogram counts, the K x C IoU sums and one batch, and spills float32 activations "
-              "to a temporary file (disk, 4 x K x h x w bytes per image) that it reads back with plain reads.",
-              "On a CPU the forward pass of a video model dominates the end-to-end time and is the same work for both, "
-              "so the end-to-end ratio on the video model stays near 1x whatever the dissection costs; the ResNet-18 "
-              "layers are NetDissect's own setting (256 and 512 units), and the stub layer (cheap forward, 512 units) "
-              "shows the two dissection methods with almost no forward pass."]
+        lines += _layer_md(res, layer)
+    if res.get("extras"):
+        from _dissect_reimpl import markdown
+
+        lines += markdown(res["extras"], _fmt)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def run_layer(layer, ckpt, dirs, sizes, args, work, tag=None):
-    tag = tag or layer
-    runs = {}
-    for rep in range(args.reps):
-        order = ("ours", "lite") if rep % 2 == 0 else ("lite", "ours")
+def _layer_md(res, layer):
+    L = res["layers"][layer]
+    n, n2 = L["sizes"]
+    a = L["agreement"]
+    lines = [f"## ResNet-18 `{layer}` ({a['units']} units, {a['concepts']} concepts)", "",
+             "| method | images | stage images/s | vs Lite (ratio of medians; per-rep min-max) | peak RSS above start (MB) |",
+             "|---|---|---|---|---|"]
+    for size in (n, n2):
+        for m in METHODS:
+            d = L["summary"][f"{layer}@{size}"][m]
+            ratio = "1" if m == "lite" else (f"**{d['ratio_of_medians']:.1f}x** ({d['paired_ratios']['min']:.1f}-"
+                                             f"{d['paired_ratios']['max']:.1f})")
+            lines.append(f"| {LABEL[m]} | {size} | {_fmt(d['images_per_s'])} | {ratio} | "
+                         f"{_fmt(d['peak_minus_start_mb'], 0)} |")
+    lines += ["", f"At {n} images: IoU max |ours - Lite| {a['iou_max_abs_diff']:.4f}, the same unit label for "
+              f"{a['same_label']}/{a['units']} units; cold and warm IoU identical: {a['cold_equals_warm']}; our "
+              f"thresholds equal `np.percentile` over the memmap bit for bit: {a['ours_thresholds_equal_np_percentile']}"
+              f"; Lite's `QuantileVector` thresholds differ from it by {100 * a['lite_threshold_rel_error_median']:.2f}% "
+              f"(median; max {100 * a['lite_threshold_rel_error_max']:.2f}%).", ""]
+    return lines
+
+
+def setup_cells(args, work):
+    broden = args.broden or make_data(work, args.videos)
+    sizes = (args.images, 2 * args.images)
+    dirs = {n: sized_copy(broden, n, os.path.join(work, f"broden_{n}")) for n in sizes}
+    cells = {}
+    for layer in args.layers.split(","):
         for n in sizes:
-            for m in order:
-                r = measure(m, ckpt, dirs[n], layer, args, os.path.join(work, f"iou_{m}_{tag}_{n}.npy"))
-                runs.setdefault((m, n), []).append(r)
-                print(f"{tag} rep {rep} {m:4s} {n:4d} images: {r['images'] / r['seconds']:.1f} img/s, forward "
-                      f"{r['forward_seconds']:.1f}s prep {r['prep_seconds']:.1f}s of {r['seconds']:.1f}s, "
-                      f"peak +{r['peak_minus_load_mb']:.0f} MB", flush=True)
-    a = np.load(os.path.join(work, f"iou_ours_{tag}_{sizes[0]}.npy"))
-    b = np.load(os.path.join(work, f"iou_lite_{tag}_{sizes[0]}.npy"))
-    agreement = {"units": int(a.shape[0]), "concepts": int(a.shape[1]), "max_abs_diff": float(np.abs(a - b).max()),
-                 "same_label": int((a.argmax(1) == b.argmax(1)).sum())}
-    return {"summary": summarise(runs, args.images), "agreement": agreement, "sizes": list(sizes),
-            "runs": {f"{m}@{n}": rs for (m, n), rs in runs.items()}}
+            path, shape = feature_memmap(work, "resnet18", f"net.{layer}", dirs[n])
+            cells[f"{layer}@{n}"] = {"broden": dirs[n], "features": path, "shape": list(shape), "layer": layer,
+                                     "images": n, "quantile": args.quantile}
+    return cells, sizes, dirs
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lite", help="a checkout of CSAILVision/NetDissect-Lite (the headline needs it)")
     p.add_argument("--images", type=int, default=120, help="N (the second size is 2N; default 120)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--layers", default="layer3,layer4", help="layers, each dissected on its own (default layer3,layer4)")
-    p.add_argument("--setups", default="video,resnet18,stub",
-                   help="video: the demo's I3D (forward-bound on a CPU); resnet18: a 2D ResNet-18, NetDissect's own "
-                        "model family (layer3: 256 units 14x14, layer4: 512 units 7x7); stub: a 512-unit 7x7 layer "
-                        "with a cheap forward, to measure the dissection itself (default all three)")
-    p.add_argument("--stub-images", type=int,
-                   help="N for the resnet18 and stub setups (default --images; the first few batches warm the allocator, so a "
-                        "larger N shows the steady-state memory)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--layers", default="layer3,layer4", help="ResNet-18 layers (default layer3,layer4)")
     p.add_argument("--quantile", type=float, default=0.005)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--stage-batch", type=int, default=32, help="images per batch of our stage (default 32)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--videos", type=int, default=40, help="synthetic videos to export (3 frames each)")
-    p.add_argument("--crop", type=int, default=224,
-                   help="input side of the default model (224: NetDissect's setting, 7x7 layer4 maps; default 224)")
-    p.add_argument("--checkpoint", help="model checkpoint (default: a fresh demo-architecture I3D)")
-    p.add_argument("--broden", help="Broden folder (default: a fresh Multi-Moving-Shapes export)")
-    p.add_argument("--worker", choices=["ours", "lite"], help=argparse.SUPPRESS)
+    p.add_argument("--broden", help="Broden folder (default: a fresh export of the synthetic set)")
+    p.add_argument("--extras", action="store_true", help="also the end-to-end rows against our reimplementation")
+    p.add_argument("--extras-reps", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "lite", "reimpl-ours", "reimpl-lite"], help=argparse.SUPPRESS)
+    p.add_argument("--features", help=argparse.SUPPRESS)
+    p.add_argument("--shape", type=int, nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--mask-cache", help=argparse.SUPPRESS)
+    p.add_argument("--out-prefix", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--layer", help=argparse.SUPPRESS)
     p.add_argument("--iou-out", help=argparse.SUPPRESS)
     add_output_args(p)
     args = p.parse_args(argv)
+    if args.worker in ("reimpl-ours", "reimpl-lite"):
+        from _dissect_reimpl import run_worker as reimpl_worker
+
+        return reimpl_worker(args)
     if args.worker:
         return run_worker(args)
+    if not args.lite and not args.extras:
+        p.error("--lite PATH (a NetDissect-Lite checkout: git clone https://github.com/CSAILVision/NetDissect-Lite) "
+                "is needed for the headline; --extras alone runs the reimplementation rows")
+    return run(args)
+
+
+def run(args):
+    import PIL
+    import scipy
     import torch
+
+    from _dissect_lite import SHIMS, checkout_commit
 
     out = results_dir(args)
     work = os.path.join(HERE, "results", "tmp", "bench_dissect")
     os.makedirs(work, exist_ok=True)
-    broden = args.broden or make_data(work, args.videos)
-    ckpt = args.checkpoint or make_checkpoint(os.path.join(work, f"i3d_r18w16_{args.crop}.pt"), args.crop)
-    sizes = (args.images, 2 * args.images)
-    stub_sizes = (args.stub_images or args.images, 2 * (args.stub_images or args.images))
-    dirs = {n: sized_copy(broden, n, os.path.join(work, f"broden_{n}")) for n in set(sizes + stub_sizes)}
+    cells, sizes, dirs = setup_cells(args, work)
     load_before = load_average()
     layers = {}
-    if "video" in args.setups.split(","):
-        layers.update({layer: run_layer(layer, ckpt, dirs, sizes, args, work) for layer in args.layers.split(",")})
-    if "resnet18" in args.setups.split(","):
-        for layer in ("layer3", "layer4"):
-            layers[f"resnet18.{layer}"] = run_layer(f"net.{layer}", "resnet18", dirs, stub_sizes, args, work,
-                                                    tag=f"resnet18.{layer}")
-    if "stub" in args.setups.split(","):
-        layers["stub.layer4"] = run_layer("layer4", "stub", dirs, stub_sizes, args, work, tag="stub.layer4")
+    if args.lite:
+        runs = run_headline(args, cells, work)
+        summary = summarise(runs)
+        for layer in args.layers.split(","):
+            layers[layer] = {"sizes": list(sizes), "summary": {k: v for k, v in summary.items() if k.startswith(layer)},
+                             "agreement": agreement(cells[f"{layer}@{sizes[0]}"], work, f"{layer}@{sizes[0]}"),
+                             "runs": {k: v for k, v in runs.items() if k.startswith(layer)}}
+    extras = run_extras(args, dirs, sizes, work) if args.extras else None
     meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": load_before, "load_after": load_average(),
-            "torch": torch.__version__, "threads": args.threads, "model": "video: I3D-R18 width 16 (demo architecture), "
-            + ("checkpoint " + os.path.basename(args.checkpoint) if args.checkpoint else
-               f"random weights, 8 frames at {args.crop} px")
-            + "; resnet18: a 2D ResNet-18 (width 64), random weights, one frame at 224 px; stub: one random "
-              "32x32-stride conv + ReLU",
-            "quantile": args.quantile, "batch": args.batch, "reps": args.reps, "images": args.images,
-            "stub_images": stub_sizes[0],
+            "python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
+            "pillow": PIL.__version__, "torch": torch.__version__, "threads": args.threads, "quantile": args.quantile,
+            "stage_batch": args.stage_batch, "reps": args.reps, "images": args.images,
+            "lite_path": os.path.abspath(args.lite) if args.lite else None,
+            "lite_commit": checkout_commit(args.lite) if args.lite else None, "lite_shims": SHIMS,
+            "model": "a 2D ResNet-18 (torchvision layout, random He-initialised weights, eval mode) at 224 px",
             "shared_machine": True}
-    res = {"meta": meta, "layers": layers}
+    res = {"meta": meta, "layers": layers, "extras": extras}
     with open(os.path.join(out, "dissect_cpu.json"), "w") as f:
         json.dump(res, f, indent=2)
-    write_md(os.path.join(out, "dissect_cpu.md"), res, meta)
+    write_md(os.path.join(out, "dissect_cpu.md"), res)
     print(open(os.path.join(out, "dissect_cpu.md")).read())
+
+
+def run_extras(args, dirs, sizes, work):
+    """The reimplementation rows (end to end, forward pass included), interleaved."""
+    from _dissect_reimpl import summarise as summarise_extra
+
+    out = {}
+    for layer in args.layers.split(","):
+        runs = {}
+        for rep in range(args.extras_reps):
+            for n in sizes:
+                for m in (("reimpl-ours", "reimpl-lite") if rep % 2 == 0 else ("reimpl-lite", "reimpl-ours")):
+                    cmd = [sys.executable, os.path.abspath(__file__), "--worker", m, "--checkpoint", "resnet18",
+                           "--broden", dirs[n], "--layer", f"net.{layer}", "--quantile", str(args.quantile),
+                           "--batch", str(args.batch), "--threads", str(args.threads),
+                           "--iou-out", os.path.join(work, f"extra_{m}_{layer}_{n}.npy")]
+                    res = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                         env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+                    r = json.loads(res.stdout.strip().splitlines()[-1])
+                    runs.setdefault(f"{m}@{n}", []).append(r)
+                    print(f"extras rep {rep + 1} {layer} {m:11s} {n:4d}: {r['images'] / r['seconds']:.1f} img/s",
+                          flush=True)
+        out[layer] = {"summary": {k: summarise_extra(v) for k, v in runs.items()}, "runs": runs}
+    return out
 
 
 if __name__ == "__main__":

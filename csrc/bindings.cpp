@@ -3,6 +3,7 @@
 
 #include "dissect.h"
 #include "losses.h"
+#include "quantile.h"
 
 namespace py = pybind11;
 
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
     mmit::register_losses(m);
     mmit::register_dissect(m);
+    mmit::register_quantile(m);
 }

@@ -11,13 +11,19 @@
 // Python's _axis, so every pixel's value has the same bits as the dense torch path). Then
 //
 //   area[b, k]          = |M_k(b)|
-//   inter[k, concept_p] += |M_k(b) & L_p|   for every concept mask p of image b.
+//   inter[k, concept_p] += |M_k(b) & L_p|   for every concept mask p of image b
+//                                           (= area[b, k] when L_p is the whole image).
+//
+// T_k is float64 (the exact quantile, mmit_fast/interpret/quantile.py): activations are compared
+// as double(a) > T_k, upsampled values (already float64) as up(a) > T_k.
 //
 // Work is bounded by the pixels that can be lit: a bilinear value is a convex combination of
 // its (at most) 4 taps, so a pixel is evaluated only when one of its taps is "hot" (a > T_k,
 // compared in float32 as the Python side does); an (image, unit) pair without a hot cell is
 // skipped outright. Lit pixels go to a bit-packed row mask, and |M & L_p| is a popcount of
-// AND-ed 64-bit words over the lit rows only (the concept masks are packed once per batch).
+// AND-ed 64-bit words over the lit rows only. Concept masks come bit-packed (dissect_tally_bits_ptr:
+// from the mask cache, mmit_fast/interpret/maskcache.py; a whole-image label needs no bits) or as
+// 0/1 bytes packed here once per batch (dissect_tally_ptr).
 // Units are split over OpenMP threads: each thread owns whole rows inter[k, :] and area[:, k],
 // so there are no shared writes. Sums are integer counts held in float64 (exact below 2^53).
 //
@@ -196,12 +202,12 @@ int64_t lit_block(const Map &m, double td, int64_t y0, int64_t y1, int64_t x0, i
 // Binarise up(a) > t into s.lit; returns the lit pixel count (0 when no cell is hot). Only the blocks
 // whose 4 cells hold a hot one are looked at; of those, only the ones whose corner maximum exceeds t
 // are evaluated pixel by pixel.
-int64_t lit_pixels(const Map &m, float t, Scratch &s) {
+int64_t lit_pixels(const Map &m, double t, Scratch &s) {
     bool any = false;
     for (int64_t i = 0; i < m.h; ++i) {
         uint8_t row_any = 0;
         for (int64_t j = 0; j < m.w; ++j) {
-            const uint8_t v = m.a[i * m.w + j] > t;
+            const uint8_t v = double(m.a[i * m.w + j]) > t;
             s.hot[size_t(i * m.w + j)] = v;
             row_any |= v;
         }
@@ -209,7 +215,7 @@ int64_t lit_pixels(const Map &m, float t, Scratch &s) {
         any = any || row_any;
     }
     if (!any) return 0;
-    const double td = double(t);
+    const double td = t;
     int64_t count = 0;
     for (int64_t r = 0; r < m.ry.size(); ++r) {
         const int64_t i0 = m.ry.tap[size_t(r)], i1 = std::min(i0 + 1, m.h - 1);
@@ -247,18 +253,11 @@ int64_t overlap(const Scratch &s, const uint64_t *mask) {
     return n;
 }
 
-// The whole batch (module comment). Pointers: act float32 [B, K, h, w]; thr float32 [K]; taps
-// int64 / float64 [H] and [W]; masks uint8 [P, H, W]; offsets int64 [B + 1] (image b owns masks
-// offsets[b] .. offsets[b+1]); concept int64 [P] in [0, C); inter float64 [K, C] (added to);
-// area float64 [B, K] and mask_area float64 [P] (written).
-void dissect_tally_ptr(uintptr_t act, uintptr_t thr, int64_t B, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W,
-                       uintptr_t iy0, uintptr_t iy1, uintptr_t wy0, uintptr_t wy1, uintptr_t ix0, uintptr_t ix1,
-                       uintptr_t wx0, uintptr_t wx1, uintptr_t masks, int64_t P, uintptr_t offsets, uintptr_t concept,
-                       int64_t C, uintptr_t inter, uintptr_t area, uintptr_t mask_area, int threads) {
+// Checks shared by both entries: shapes, mask offsets and concept indices, taps in range.
+void check_batch(int64_t B, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W, int64_t P, int64_t C,
+                 const int64_t *off, const int64_t *cpt, const Taps &ty, const Taps &tx) {
     if (B < 0 || K < 0 || h < 1 || w < 1 || H < 1 || W < 1 || P < 0 || C < 0)
         throw std::invalid_argument("dissect_tally: bad shape");
-    const int64_t *off = reinterpret_cast<const int64_t *>(offsets);
-    const int64_t *cpt = reinterpret_cast<const int64_t *>(concept);
     if (off[0] != 0 || off[B] != P) throw std::invalid_argument("dissect_tally: mask offsets must run from 0 to P");
     for (int64_t b = 0; b < B; ++b)
         if (off[b + 1] < off[b]) throw std::invalid_argument("dissect_tally: mask offsets must not decrease");
@@ -266,23 +265,23 @@ void dissect_tally_ptr(uintptr_t act, uintptr_t thr, int64_t B, int64_t K, int64
         if (cpt[p] < 0 || cpt[p] >= C)
             throw std::invalid_argument("dissect_tally: concept index " + std::to_string(cpt[p]) + " outside [0, " +
                                         std::to_string(C) + ")");
-    const Taps ty{reinterpret_cast<const int64_t *>(iy0), reinterpret_cast<const int64_t *>(iy1),
-                  reinterpret_cast<const double *>(wy0), reinterpret_cast<const double *>(wy1)};
-    const Taps tx{reinterpret_cast<const int64_t *>(ix0), reinterpret_cast<const int64_t *>(ix1),
-                  reinterpret_cast<const double *>(wx0), reinterpret_cast<const double *>(wx1)};
     for (int64_t y = 0; y < H; ++y)
         if (ty.i0[y] < 0 || ty.i0[y] >= h || ty.i1[y] < 0 || ty.i1[y] >= h) throw std::invalid_argument("dissect_tally: row tap out of range");
     for (int64_t x = 0; x < W; ++x)
         if (tx.i0[x] < 0 || tx.i0[x] >= w || tx.i1[x] < 0 || tx.i1[x] >= w) throw std::invalid_argument("dissect_tally: column tap out of range");
-    const float *a = reinterpret_cast<const float *>(act);
-    const float *t = reinterpret_cast<const float *>(thr);
-    double *I = reinterpret_cast<double *>(inter);
-    double *A = reinterpret_cast<double *>(area);
+}
+
+Taps taps_of(uintptr_t i0, uintptr_t i1, uintptr_t w0, uintptr_t w1) {
+    return Taps{reinterpret_cast<const int64_t *>(i0), reinterpret_cast<const int64_t *>(i1),
+                reinterpret_cast<const double *>(w0), reinterpret_cast<const double *>(w1)};
+}
+
+// The sums of one batch, GIL released by the caller: masks are bit-packed, mask p's rows start at
+// bits + word[p] (word[p] < 0: the whole image, |M & L_p| = |M|).
+void tally_core(const float *a, const double *t, int64_t B, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W,
+                const Taps &ty, const Taps &tx, const uint64_t *bits, const int64_t *word, const int64_t *off,
+                const int64_t *cpt, int64_t C, double *I, double *A, int nt) {
     const int64_t WW = (W + 63) / 64;
-    py::gil_scoped_release nogil;
-    const int nt = thread_count(threads);
-    const std::vector<uint64_t> bits =
-        pack_masks(reinterpret_cast<const uint8_t *>(masks), P, H, W, WW, reinterpret_cast<double *>(mask_area), nt);
     const Runs ry(ty, H), rx(tx, W);
 #pragma omp parallel num_threads(nt)
     {
@@ -296,90 +295,78 @@ void dissect_tally_ptr(uintptr_t act, uintptr_t thr, int64_t B, int64_t K, int64
                 if (!n) continue;
                 gather_words(s, WW);
                 for (int64_t p = off[b]; p < off[b + 1]; ++p)
-                    I[k * C + cpt[p]] += double(overlap(s, bits.data() + p * H * WW));
+                    I[k * C + cpt[p]] += double(word[p] < 0 ? n : overlap(s, bits + word[p]));
                 s.clear(WW);
             }
         }
     }
 }
 
-// Per-unit streaming histogram of the top-q thresholds (Python twin: dissect.QuantileSketch.update after
-// its first batch). Values of unit k: x[(b * K + k) * S + s] for b < B, s < S (a [B, K, S] batch, or a
-// [K, N] block with B = 1). Unit k's bins cover [lo_k, lo_k + bins * width_k); when the batch's maximum
-// mx reaches past it, ratio = (mx - lo) / (width * bins) (float32) = m 2^e with m in [0.5, 1) (frexp),
-// so floor(log2 ratio) = e - 1 exactly and the width grows by 2^e, merging bins i -> i >> e (counts
-// exact). Then bin = clamp(floor((x - lo) / width), 0, bins - 1), all in float32 like the torch path,
-// so both give the same counts. Returns the number of non-finite values (nothing is counted then).
-int64_t hist_update_ptr(uintptr_t x, int64_t B, int64_t K, int64_t S, uintptr_t lo, uintptr_t width, uintptr_t counts,
-                        int64_t bins, int threads) {
-    if (B < 0 || K < 0 || S < 0 || bins < 2) throw std::invalid_argument("hist_update: bad shape");
-    const float *v = reinterpret_cast<const float *>(x);
-    const float *L = reinterpret_cast<const float *>(lo);
-    float *Wd = reinterpret_cast<float *>(width);
-    int64_t *N = reinterpret_cast<int64_t *>(counts);
+// The whole batch (module comment), masks as bytes. Pointers: act float32 [B, K, h, w]; thr float64 [K];
+// taps int64 / float64 [H] and [W]; masks uint8 [P, H, W]; offsets int64 [B + 1] (image b owns masks
+// offsets[b] .. offsets[b+1]); concept int64 [P] in [0, C); inter float64 [K, C] (added to); area
+// float64 [B, K] and mask_area float64 [P] (written).
+void dissect_tally_ptr(uintptr_t act, uintptr_t thr, int64_t B, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W,
+                       uintptr_t iy0, uintptr_t iy1, uintptr_t wy0, uintptr_t wy1, uintptr_t ix0, uintptr_t ix1,
+                       uintptr_t wx0, uintptr_t wx1, uintptr_t masks, int64_t P, uintptr_t offsets, uintptr_t concept,
+                       int64_t C, uintptr_t inter, uintptr_t area, uintptr_t mask_area, int threads) {
+    const int64_t *off = reinterpret_cast<const int64_t *>(offsets);
+    const int64_t *cpt = reinterpret_cast<const int64_t *>(concept);
+    const Taps ty = taps_of(iy0, iy1, wy0, wy1), tx = taps_of(ix0, ix1, wx0, wx1);
+    check_batch(B, K, h, w, H, W, P, C, off, cpt, ty, tx);
+    const int64_t WW = (W + 63) / 64;
     py::gil_scoped_release nogil;
     const int nt = thread_count(threads);
-    int64_t bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : bad) if (B * K * S >= (1 << 16))
-    for (int64_t k = 0; k < K; ++k) {
-        float mx = -std::numeric_limits<float>::infinity();
-        int64_t nonfinite = 0;
-        for (int64_t b = 0; b < B; ++b) {
-            const float *p = v + (b * K + k) * S;
-            for (int64_t s = 0; s < S; ++s) {
-                nonfinite += !std::isfinite(p[s]);
-                mx = std::max(mx, p[s]);
-            }
-        }
-        if (nonfinite) {
-            bad += nonfinite;
-            continue;
-        }
-        const float l = L[k];
-        int64_t *c = N + k * bins;
-        const float ratio = (mx - l) / (Wd[k] * float(bins));
-        if (ratio >= 1.0f) {
-            int e = 0;
-            std::frexp(ratio, &e);
-            const int need = std::min(e, 62);
-            for (int64_t i = 0; i < bins; ++i) {  // ascending: i >> need <= i is never read again
-                const int64_t n = c[i];
-                c[i] = 0;
-                c[i >> need] += n;
-            }
-            Wd[k] *= std::ldexp(1.0f, need);
-        }
-        const float w = Wd[k];
-        const float top = float(bins - 1);
-        for (int64_t b = 0; b < B; ++b) {
-            const float *p = v + (b * K + k) * S;
-            for (int64_t s = 0; s < S; ++s) {
-                // clamp(floor(d), 0, bins - 1) without a floor call (none inline in the baseline ISA):
-                // below 1 -> 0, from bins - 1 on -> bins - 1, truncation (= floor for d >= 0) between
-                const float d = (p[s] - l) / w;
-                c[d < 1.0f ? 0 : (d >= top ? bins - 1 : int64_t(d))] += 1;
-            }
-        }
-    }
-    return bad;
+    const std::vector<uint64_t> bits =
+        pack_masks(reinterpret_cast<const uint8_t *>(masks), P, H, W, WW, reinterpret_cast<double *>(mask_area), nt);
+    std::vector<int64_t> word(static_cast<size_t>(P));
+    for (int64_t p = 0; p < P; ++p) word[size_t(p)] = p * H * WW;
+    tally_core(reinterpret_cast<const float *>(act), reinterpret_cast<const double *>(thr), B, K, h, w, H, W, ty, tx,
+               bits.data(), word.data(), off, cpt, C, reinterpret_cast<double *>(inter), reinterpret_cast<double *>(area),
+               nt);
+}
+
+// The same sums with bit-packed masks (the mask cache's layout: mask p's H rows of ceil(W / 64) words,
+// bit x of row y = pixel (y, x), starting at bits + word[p]; word[p] = -1: the whole image). bits
+// uint64 [n_words]; word int64 [P] (each mask's rows must lie inside bits: checked).
+void dissect_tally_bits_ptr(uintptr_t act, uintptr_t thr, int64_t B, int64_t K, int64_t h, int64_t w, int64_t H,
+                            int64_t W, uintptr_t iy0, uintptr_t iy1, uintptr_t wy0, uintptr_t wy1, uintptr_t ix0,
+                            uintptr_t ix1, uintptr_t wx0, uintptr_t wx1, uintptr_t bits, int64_t n_words,
+                            uintptr_t word_p, int64_t P, uintptr_t offsets, uintptr_t concept, int64_t C,
+                            uintptr_t inter, uintptr_t area, int threads) {
+    const int64_t *off = reinterpret_cast<const int64_t *>(offsets);
+    const int64_t *cpt = reinterpret_cast<const int64_t *>(concept);
+    const int64_t *word = reinterpret_cast<const int64_t *>(word_p);
+    const Taps ty = taps_of(iy0, iy1, wy0, wy1), tx = taps_of(ix0, ix1, wx0, wx1);
+    check_batch(B, K, h, w, H, W, P, C, off, cpt, ty, tx);
+    const int64_t WW = (W + 63) / 64;
+    for (int64_t p = 0; p < P; ++p)
+        if (word[p] < -1 || (word[p] >= 0 && word[p] + H * WW > n_words))
+            throw std::invalid_argument("dissect_tally: mask " + std::to_string(p) + " lies outside the packed bits");
+    py::gil_scoped_release nogil;
+    tally_core(reinterpret_cast<const float *>(act), reinterpret_cast<const double *>(thr), B, K, h, w, H, W, ty, tx,
+               reinterpret_cast<const uint64_t *>(bits), word, off, cpt, C, reinterpret_cast<double *>(inter),
+               reinterpret_cast<double *>(area), thread_count(threads));
 }
 
 }  // namespace
 
 void register_dissect(py::module_ &m) {
-    m.def("hist_update_ptr", &hist_update_ptr, py::arg("x"), py::arg("B"), py::arg("K"), py::arg("S"), py::arg("lo"),
-          py::arg("width"), py::arg("counts"), py::arg("bins"), py::arg("threads"),
-          "Streaming threshold histograms on data pointers (see csrc/dissect.cpp): x float32 [B, K, S], lo/width "
-          "float32 [K] (width grown in place), counts int64 [K, bins] (added to). Returns the number of "
-          "non-finite values; when it is not 0 the units holding them are left unchanged.");
     m.def("dissect_tally_ptr", &dissect_tally_ptr, py::arg("act"), py::arg("thr"), py::arg("B"), py::arg("K"),
           py::arg("h"), py::arg("w"), py::arg("H"), py::arg("W"), py::arg("iy0"), py::arg("iy1"), py::arg("wy0"),
           py::arg("wy1"), py::arg("ix0"), py::arg("ix1"), py::arg("wx0"), py::arg("wx1"), py::arg("masks"), py::arg("P"),
           py::arg("offsets"), py::arg("concept"), py::arg("C"), py::arg("inter"), py::arg("area"), py::arg("mask_area"), py::arg("threads"),
           "Network Dissection IoU sums of one batch on data pointers (see csrc/dissect.cpp): area[B, K] <- lit pixels "
-          "of up(act) > thr; inter[K, C] += lit pixels inside each concept mask; mask_area[P] <- pixels of each mask (0/1 "
-          "bytes). The caller guarantees C-contiguous "
+          "of up(act) > thr (float64); inter[K, C] += lit pixels inside each concept mask; mask_area[P] <- pixels of each "
+          "mask (0/1 bytes). The caller guarantees C-contiguous "
           "buffers of the stated types and sizes; offsets, concept indices and taps are range-checked.");
+    m.def("dissect_tally_bits_ptr", &dissect_tally_bits_ptr, py::arg("act"), py::arg("thr"), py::arg("B"), py::arg("K"),
+          py::arg("h"), py::arg("w"), py::arg("H"), py::arg("W"), py::arg("iy0"), py::arg("iy1"), py::arg("wy0"),
+          py::arg("wy1"), py::arg("ix0"), py::arg("ix1"), py::arg("wx0"), py::arg("wx1"), py::arg("bits"),
+          py::arg("n_words"), py::arg("word"), py::arg("P"), py::arg("offsets"), py::arg("concept"), py::arg("C"),
+          py::arg("inter"), py::arg("area"), py::arg("threads"),
+          "dissect_tally_ptr with bit-packed concept masks (the mask cache's layout): mask p's rows start at word[p] "
+          "of bits (uint64 [n_words]), or word[p] = -1 for a whole-image label.");
 }
 
 }  // namespace mmit

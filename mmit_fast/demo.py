@@ -4,8 +4,8 @@
    size; ``--quick``: fewer, smaller videos) into ``out/data`` (reused when it exists with the
    same parameters);
 2. train a small I3D (ResNet-18 depth, 16 base channels, 8 frames at 96 px, 1x7x7 stem) with
-   wLSEP and ``min_ratio`` class weights, one process on CPU, one process per GPU under
-   ``torchrun`` when there are several (GPU: bf16 autocast, DALI decoding when installed);
+   wLSEP and ``tempered`` class weights (``auto``: the loss study's choice), one process on CPU,
+   one process per GPU under ``torchrun`` when there are several (GPU: bf16 autocast, DALI decoding when installed);
 3. evaluate the best checkpoint on val and test (centre clip) and print the Table 1-style
    rows next to the chance level (random scores on the same videos);
 4. explain the model: mCAM pictures of a few validation clips (``out/cam``), and Network
@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mmit_fast.train
 DEMO_CONFIG: Dict[str, Any] = {
     "model": "i3d", "depth": 18, "width": 16, "model_args": {"conv1_t": 1},
     "clip_mode": "uniform", "frames": 8, "stride": 1, "crop": 96, "flip": False,
-    "loss": "wlsep", "class_weights": "min_ratio",
+    "loss": "wlsep", "class_weights": "auto",
     "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05,
     "schedule": "cosine", "warmup_epochs": 1.0,
     "epochs": 6, "batch_size": 16, "accum_steps": 1,

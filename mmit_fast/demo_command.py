@@ -22,10 +22,10 @@ def add_demo(sub, help=None):
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config key (repeatable), e.g. --set lr=0.2")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=cmd_demo)
 
 
-def run_demo(args):
+def cmd_demo(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .demo import run_demo
 

@@ -26,10 +26,10 @@ def add_eval(sub, help=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--no-chance", action="store_true", help="do not compute the chance level (random scores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_eval)
+    p.set_defaults(func=cmd_eval)
 
 
-def run_eval(args):
+def cmd_eval(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .evaluate import evaluate_checkpoint, format_report
 

@@ -151,6 +151,18 @@ def _output_tag(split: str, classes_file: Optional[str], single_label: bool, vie
     return tag
 
 
+def default_out(checkpoint: str) -> str:
+    """Where ``mmit eval`` writes without ``--out``: ``<run>/eval`` for a training run's
+    checkpoint (``<run>/checkpoints/best.pt``); for any other file, a folder beside it named
+    after it (``models/mmit_r3d50.pt`` -> ``models/mmit_r3d50-eval``), so that an imported model
+    never writes into the folder above its own, nor shares its results with another one."""
+    path = os.path.abspath(checkpoint)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder) == "checkpoints":
+        return os.path.join(os.path.dirname(folder), "eval")
+    return os.path.splitext(path)[0] + "-eval"
+
+
 def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str = "val", *, views: int = 1,
                         classes_file: Optional[str] = None, single_label: bool = False, out: Optional[str] = None,
                         batch_size: Optional[int] = None, num_workers: Optional[int] = None,
@@ -211,7 +223,7 @@ def evaluate_checkpoint(checkpoint: str, data: Optional[str] = None, split: str 
         if chance and len(targets):
             m["chance"] = chance_metrics(targets, **eval_kw)
             extra["chance"] = m["chance"]
-        out = out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "eval")
+        out = out or default_out(checkpoint)
         m["files"] = write_outputs(out, tag, m, classes, targets, keys, scores, row, extra)
         m["table_row"], m["tag"] = row, tag
         return m

@@ -18,10 +18,10 @@ def add_export(sub, help=None):
     p.add_argument("--crop", type=int, default=None, help="frame side in pixels (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
-    p.set_defaults(func=run_export)
+    p.set_defaults(func=cmd_export)
 
 
-def run_export(args):
+def cmd_export(args):
     from .export import export_checkpoint, sidecar_path
 
     side = export_checkpoint(args.checkpoint, args.format, args.out, batch=args.batch, frames=args.frames,

@@ -14,10 +14,10 @@ def add_report(sub, help=None):
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     p.add_argument("--split", help="evaluation whose per-class AP and confusions are shown (default: val, else the first)")
     p.add_argument("--gallery", type=int, default=4, help="mCAM clips shown on the page (default: 4)")
-    p.set_defaults(func=run_report)
+    p.set_defaults(func=cmd_report)
 
 
-def run_report(args):
+def cmd_report(args):
     from .report import build_report
 
     print(build_report(args.run_dir, args.out, split=args.split, gallery=args.gallery))

@@ -26,3 +26,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Caches the code keeps between runs (dissection's packed concept masks) go to a folder of this
+    test session, not to the user's ~/.cache (subprocesses inherit it)."""
+    old = os.environ.get("MMIT_CACHE_DIR")
+    os.environ["MMIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mmit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MMIT_CACHE_DIR", None)
+    else:
+        os.environ["MMIT_CACHE_DIR"] = old

@@ -121,6 +121,75 @@ def test_seeking_decodes_less_and_gives_the_same_pixels(full, codec, spec, tmp_p
         assert _psnr(a[i], ref[i]) > 45, (i, _psnr(a[i], ref[i]))
 
 
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_frames_are_resized_in_swscale_like_ffmpegs_scale_filter(full, codec, tmp_path):
+    """The default path converts each needed frame to RGB at the view's size in one swscale call; the
+    crops equal ffmpeg's own decode + scale filter (same flags) at those frames, and differ from the
+    exact-colour path (native conversion, then DALI's antialiased resize) only by resampling."""
+    from mmit_fast.data.sampling import plan_views
+
+    mp4 = _members(full[codec], "mp4")[0]
+    spec = ClipSpec("segments", frames=8, crop=24, resize=32)
+    plans = plan_views(75, SIDE, 64, 25.0, spec, train=False, seed=0, epoch=0, sample=0)
+    got = P.decode_clip(mp4, plans, 75)
+    assert got.shape == (1, 8, 24, 24, 3)
+    (h, w), (y, x) = plans[0].resize_hw, plans[0].crop_yx
+    loc = ":in_chroma_loc=left" if codec == "h264" else ""
+    raw = _ffmpeg(mp4, tmp_path, ["-sws_flags", "bilinear+full_chroma_int", "-vf", f"scale={w}:{h}{loc}", "-f",
+                                  "rawvideo", "-pix_fmt", "rgb24", "-"], "s.mp4")
+    ref = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)[plans[0].indices][:, y:y + 24, x:x + 24]
+    assert _psnr(got[0], ref) > 40, _psnr(got[0], ref)   # identical here; another libswscale may round otherwise
+    exact = P.decode_clip(mp4, plans, 75, exact_color=True)
+    assert 28 < _psnr(got[0], exact[0]) < 99
+
+
+@pytest.fixture(scope="module")
+def bframes(full, tmp_path_factory):
+    """The same two clips packed with --preset full-bframes (H.264, 3 non-reference B-frames)."""
+    from mmit_fast.pack import pack_videos
+
+    src = os.path.join(os.path.dirname(full["h264"]), "src")
+    d = str(tmp_path_factory.mktemp("bframes") / "h264b")
+    pack_videos(src, os.path.join(src, "train.csv"), os.path.join(src, "cats.txt"), d, codec="h264",
+                short_side=SIDE, preset="full-bframes", workers=1, progress=False)
+    return d
+
+
+@pytest.mark.parametrize("spec", [ClipSpec("uniform", frames=16), ClipSpec("segments", frames=8),
+                                  ClipSpec("consecutive", frames=16, stride=2)], ids=["uniform16", "segments8", "cons16x2"])
+def test_non_reference_b_frames_are_skipped_and_the_pixels_stay(bframes, spec, tmp_path):
+    """On full-bframes shards the seeking path skips the B-frames nothing refers to unless they are
+    needed: fewer frames decoded than from the start, the same pixels, and ffmpeg's decode."""
+    mp4 = _members(bframes, "mp4")[0]
+    dm = P.Demuxed(mp4, 75)
+    assert dm.ctx.has_b_frames and 0.3 < dm.disposable.mean() < 0.8          # many frames are disposable B-frames
+    assert (dm.pos_of_rank != np.arange(75)).any()                        # decode order differs from display order
+    assert np.array_equal(dm.rank_of_pos[dm.pos_of_rank], np.arange(75))
+    idx = frame_indices(75, spec, train=False)
+    seek, start = {}, {}
+    a = P.decode_frames(dm, idx, P.SWS_EXACT, seek=True, stats=seek)
+    dm.close()
+    dm = P.Demuxed(mp4, 75)
+    b = P.decode_frames(dm, idx, P.SWS_EXACT, seek=False, stats=start)
+    dm.close()
+    assert seek["decoded"] < 0.75 * start["decoded"], (seek, start)
+    assert sorted(a) == sorted(b) == sorted(set(idx.tolist()))
+    ref = _ffmpeg_frames(mp4, tmp_path, "h264")
+    for i in a:
+        assert np.array_equal(a[i], b[i]), i
+        assert _psnr(a[i], ref[i]) > 45, (i, _psnr(a[i], ref[i]))
+    assert S.load_manifest(bframes).video["bframes"] == 3
+
+
+def test_b_frame_preset_needs_h264(full, tmp_path):
+    from mmit_fast.pack import pack_videos
+
+    src = os.path.join(os.path.dirname(full["h264"]), "src")
+    with pytest.raises(ValueError, match="preset 'full-bframes' packs H.264 B-frames; use --codec h264"):
+        pack_videos(src, os.path.join(src, "train.csv"), os.path.join(src, "cats.txt"), str(tmp_path / "x"),
+                    codec="vp9", preset="full-bframes", workers=1, progress=False)
+
+
 def test_loader_counts_the_frames_it_decodes(full):
     spec = ClipSpec("consecutive", frames=16, stride=2, crop=SIDE, resize=SIDE)
     ld = make_loader(full["h264"], "train", clip=spec, batch_size=2, train=False, backend="pyav", num_workers=0,

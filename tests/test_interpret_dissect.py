@@ -1,4 +1,5 @@
-"""Action Network Dissection: thresholds, IoU, the Broden reader and the whole run, against oracles."""
+"""Action Network Dissection: IoU, the Broden reader and the whole run, against oracles (thresholds:
+test_interpret_quantile.py; packed masks: test_interpret_maskcache.py)."""
 import csv
 import json
 import os
@@ -13,69 +14,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _interpret_util import tiny_synth, write_checkpoint  # noqa: E402
 
 from mmit_fast.interpret.broden import Broden, BrodenError  # noqa: E402
-from mmit_fast.interpret.dissect import IoUTally, QuantileSketch, assign_labels, binarise_upsampled  # noqa: E402
+from mmit_fast.interpret.dissect import IoUTally, assign_labels, binarise_upsampled  # noqa: E402
 
 BACKENDS = ["torch", "cpp"]   # update_sparse's two implementations (the C++ one is built by pip install)
-
-
-# ------------------------------------------------------------------ streaming thresholds
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("q", [0.005, 0.05, 0.3])
-def test_streaming_threshold_within_stated_error(q, backend):
-    rng = np.random.default_rng(0)
-    K = 6
-    sk = QuantileSketch(K, bins=256)
-    chunks = []
-    for i in range(12):   # the range grows batch by batch (bins merge) and includes negatives
-        x = (rng.normal(0, 1 + i, size=(K, 700)) + rng.exponential(1 + 2 * i, size=(K, 700))).astype(np.float32)
-        x[:, :50] = np.abs(x[:, :50]) * (1 + i)
-        chunks.append(x)
-        sk.update(torch.from_numpy(x), backend=backend)
-    X = np.concatenate(chunks, axis=1).astype(np.float64)
-    t, w = sk.quantile(q)
-    t, w = t.numpy().astype(np.float64), w.numpy().astype(np.float64)
-    r = (1 - q) * (X.shape[1] - 1)
-    srt = np.sort(X, axis=1)
-    lo, hi = srt[:, int(np.floor(r))], srt[:, int(np.ceil(r))]
-    assert (t >= lo - w - 1e-5).all() and (t <= hi + w + 1e-5).all()
-    exact = np.quantile(X, 1 - q, axis=1)
-    assert (np.abs(t - exact) <= w + (hi - lo) + 1e-5).all()
-    assert (w <= 2 * (X.max(1) - chunks[0].min(1)) / 256 + 1e-6).all()   # the stated bound on the bin width
-    assert sk.counts.sum().item() == X.size
-
-
-def test_sketch_cpp_equals_torch_and_rejects_non_finite():
-    """The C++ histogram (maps read in place, [B, K, h, w]) and the torch one ([K, N] rows) give the same
-    counts, widths and thresholds through many range doublings (one batch 1e6 x wider: 2^20 at once);
-    a NaN or inf is a named ValueError on both."""
-    rng = np.random.default_rng(5)
-    K = 9
-    a_cpp, a_torch = QuantileSketch(K, bins=128), QuantileSketch(K, bins=128)
-    for i in range(10):
-        maps = torch.from_numpy((rng.gamma(2.0, size=(4, K, 3, 5)) * (1 + 3 * i) - i).astype(np.float32))
-        if i == 6:
-            maps[:, 2] *= 1e6
-        a_cpp.update_maps(maps, backend="cpp", threads=2)
-        a_torch.update(maps.transpose(0, 1).reshape(K, -1), backend="torch")
-    assert torch.equal(a_cpp.counts, a_torch.counts) and torch.equal(a_cpp.width, a_torch.width)
-    assert a_cpp.n == a_torch.n == 10 * 4 * 15 and int(a_cpp.counts.sum()) == K * a_cpp.n
-    assert torch.equal(a_cpp.quantile(0.01)[0], a_torch.quantile(0.01)[0])
-    for backend in BACKENDS:
-        bad = torch.ones(2, K, 3, 3)
-        bad[1, 4, 2, 0] = float("nan")
-        bad[0, 1, 0, 0] = float("inf")
-        with pytest.raises(ValueError, match=r"2 non-finite activation value\(s\)"):
-            QuantileSketch(K).update_maps(bad, backend=backend)
-    with pytest.raises(ValueError, match=r"expected maps \[B, 9, ...\]"):
-        QuantileSketch(K).update_maps(torch.ones(2, 4, 3, 3))
-
-
-def test_sketch_memory_does_not_grow_with_data():
-    sk = QuantileSketch(3, bins=64)
-    before = sk.counts.numel()
-    for _ in range(5):
-        sk.update(torch.rand(3, 10_000) * 100)
-    assert sk.counts.numel() == before
 
 
 # ------------------------------------------------------------------ IoU vs brute force
@@ -375,7 +316,7 @@ def test_input_buffer_reuse_equals_a_fresh_input():
     """The static-clip input written into a reused buffer (or its first rows, for a short last
     batch) equals a freshly built one; a buffer of another shape is not used."""
     from mmit_fast.data.sampling import ClipSpec
-    from mmit_fast.interpret.dissect_run import _input
+    from mmit_fast.interpret.dissect_inputs import static_clip as _input
 
     spec, mean, std = ClipSpec(frames=3, stride=1, crop=8), (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
     rng = np.random.default_rng(2)

@@ -7,6 +7,7 @@ The source clip encodes its own frame number: frame ``i`` is a flat grey of leve
 so the decoded pixels say which source frame a packed frame shows."""
 import io
 import json
+import os
 import subprocess
 import tarfile
 import warnings
@@ -156,6 +157,36 @@ def test_synth_preset_renders_at_the_matched_rate(tmp_path):
     assert man.video["preset"] == "tsm8" and man.video["fps"] == pytest.approx(8 / 1.5) and man.video["gop"] == 8
     rate, frames, keys = _read_back(_member(str(out), "mp4"))
     assert (rate, frames, keys) == (Fraction(16, 3), 8, [0])
+
+
+def test_short_side_presets_pack_at_the_size_a_112_crop_is_resized_to(tmp_path, packed):
+    """tsm8-128 packs 8 frames per clip at short side 128: a 112 crop (resize 128) reads it as is, a
+    224 crop (resize 256) would upscale it and is warned about once; a conflicting --short-side is
+    refused."""
+    src = os.path.dirname(_src_of(packed))
+    d = str(tmp_path / "tsm8_128")
+    pack_videos(src, os.path.join(src, "train.csv"), os.path.join(src, "cats.txt"), d, codec="h264", preset="tsm8-128",
+                workers=1, progress=False)
+    man = S.load_manifest(d)
+    meta = json.loads(_member(d, "json"))
+    assert man.video["short_side"] == 128 and man.video["preset"] == "tsm8-128" and meta["frames"] == 8
+    assert (meta["height"], meta["width"]) == (128, 170)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = next(iter(make_loader(d, "train", clip=ClipSpec("segments", frames=8, crop=112), batch_size=1,
+                                  train=False, backend="pyav", num_workers=0)))
+    assert tuple(b.video.shape) == (1, 3, 8, 112, 112)
+    with pytest.warns(RuntimeWarning, match=r"resizes frames to short side 256 \(crop 224\) but the shards hold 128"):
+        make_loader(d, "train", clip=ClipSpec("segments", frames=8, crop=224), batch_size=1, train=False,
+                    backend="pyav", num_workers=0)
+    with pytest.raises(ValueError, match="preset 'tsm8-128' packs at short side 128; drop --short-side 96"):
+        pack_videos(src, os.path.join(src, "train.csv"), os.path.join(src, "cats.txt"), str(tmp_path / "x"),
+                    preset="tsm8-128", short_side=96, workers=1, progress=False)
+
+
+def _src_of(packed):
+    """The ramp clip the fixture packed (its source folder holds train.csv and cats.txt)."""
+    return os.path.join(os.path.dirname(packed[("h264", "full")]), "src", "ramp.mp4")
 
 
 def test_pack_cli_refuses_a_preset_with_a_different_rate(tmp_path, capsys):

@@ -34,7 +34,7 @@ SECRET = "mmitSECRETkey-9f3a7c"
 HTTP_PASSWORD = "pw-SECRET-4242"
 SYNTH = dict(num_videos=6, size=32, seconds=0.6, splits=(1, 0, 0), shard_samples=2, workers=1, progress=False)
 CLIP = ClipSpec("segments", frames=4, crop=32)
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+LOADING_GUIDE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "loading.md")
 
 
 @pytest.fixture(scope="module")
@@ -336,20 +336,19 @@ def test_cache_keeps_shards_lru_bounded_and_checked_by_digests(servers, local_ds
     assert 1 <= len(list(small_cache.glob("*.tar"))) <= 2
 
 
-# --------------------------------------------------------------------------- the README's example
-def test_readme_first_loader_example_runs_unchanged_on_s3(servers):
-    text = open(README, encoding="utf-8").read()
-    section = text[text.index("## Loading clips"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert '"/tmp/mms"' in code and '`"s3://mms/synth"`' in section
-    assert "moto_server -p 5000 &" in section and "export AWS_ENDPOINT_URL=http://127.0.0.1:5000" in section
-    code = code.replace('"/tmp/mms"', '"s3://mms/synth"')   # as the README's storage section says
+# --------------------------------------------------------------------------- the loading guide's example
+def test_loading_guide_first_example_runs_unchanged_on_s3(servers):
+    """docs/loading.md says its first example works with a URL in place of the folder: run it so."""
+    text = open(LOADING_GUIDE, encoding="utf-8").read()
+    code = re.search(r"<!-- example -->\n```python\n(.*?)```", text, re.S).group(1)
+    assert '"data/mms"' in code and '`"data/mms"` replaced by `"s3://mms/synth"`' in text
+    code = code.replace('"data/mms"', '"s3://mms/synth"')   # as the guide says
     out = io.StringIO()
     from contextlib import redirect_stdout
 
     with warnings.catch_warnings(), redirect_stdout(out):
         warnings.simplefilter("ignore", RuntimeWarning)
-        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+        exec(compile(code, "docs/loading.md", "exec"), {"__name__": "guide"})
     assert "VideoLoader('s3://mms/synth'" in out.getvalue() and "bad samples skipped: 0" in out.getvalue()
     assert json.loads(storage.read_text("s3://mms/synth/manifest.json"))["splits"]["train"]["samples"] > 0
 

@@ -383,6 +383,14 @@ def test_eval_and_finetune_accept_a_checkpoint_without_training_state(tiny_data,
     assert json.load(open(tmp_path / "e2" / "val_metrics.json"))["micro_map"] == pytest.approx(m["micro_map"])
     assert cli.main(["eval", bare, "--out", str(tmp_path / "e3"), "--no-progress"]) == 2
     assert "records no training dataset" in capsys.readouterr().err
+    # without --out: a run's checkpoint writes <run>/eval; any other file a folder named after it,
+    # beside it (never the folder above its own: models/x.pt once wrote ./eval)
+    os.makedirs(tmp_path / "models")
+    os.replace(bare, tmp_path / "models" / "bare.pt")
+    assert cli.main(["eval", str(tmp_path / "models" / "bare.pt"), "--data", str(tiny_data), "--no-progress"]) == 0
+    assert json.load(open(tmp_path / "models" / "bare-eval" / "val_metrics.json"))["micro_map"] == pytest.approx(m["micro_map"])
+    assert not (tmp_path / "eval").exists()
+    bare = str(tmp_path / "models" / "bare.pt")
     rc = cli.main(["finetune", "--from", bare, "--data", str(tiny_data), "--out", str(tmp_path / "ft"), "--epochs", "1",
                    "--val-split", "", *TINY])
     assert rc == 0

@@ -32,7 +32,7 @@ from .. import storage
 from . import dali as _dali
 from .index import epoch_batches, num_batches, sample_table
 from .pyav import BadSample, BatchSource, decode_clip, normalise
-from .sampling import ClipSpec, audio_seconds, coverage_problem, view_grid
+from .sampling import ClipSpec, audio_seconds, coverage_problem, resolution_problem, view_grid
 
 IMAGENET_MEAN = _dali.IMAGENET_MEAN
 IMAGENET_STD = _dali.IMAGENET_STD
@@ -175,9 +175,11 @@ class VideoLoader:
         secs = float(self.manifest.video.get("seconds") or 3.0)
         whole = modality != "video"   # SoundNet, alone or in a fusion, hears the whole clip
         self.audio_samples = int(round(audio_seconds(clip, fps, secs, whole=whole) * S.AUDIO_SAMPLE_RATE))
-        problem = coverage_problem(clip, fps, secs, self.manifest.video.get("preset")) if self.video else None
-        if problem:
-            _warn_once(f"{self.manifest.root or 'dataset'}: {problem}")
+        preset = self.manifest.video.get("preset")
+        for problem in ((coverage_problem(clip, fps, secs, preset),
+                         resolution_problem(clip, self.manifest.video.get("short_side"), preset)) if self.video else ()):
+            if problem:
+                _warn_once(f"{self.manifest.root or 'dataset'}: {problem}")
         self._nb = num_batches(self.num_samples, self.batch_size, self.world_size, self.drop_last)
         if decoder_threads is None:
             decoder_threads = 1 if self.num_workers >= (os.cpu_count() or 1) else max(1, (os.cpu_count() or 1) // max(1, self.num_workers))

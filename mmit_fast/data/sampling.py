@@ -280,6 +280,17 @@ def coverage_problem(spec: ClipSpec, fps: float, seconds: float, preset: Optiona
             f"({packed}{float(fps):.3g} fps x {float(seconds):.3g} s): frames will repeat; {fix}")
 
 
+def resolution_problem(spec: ClipSpec, packed_short_side: Optional[int], preset: Optional[str] = None) -> Optional[str]:
+    """One line when shards packed at ``packed_short_side`` are smaller than the short side ``spec``
+    resizes to (its frames would be upscaled: blurrier than the model expects); else None."""
+    if not packed_short_side or spec.short_side <= int(packed_short_side):
+        return None
+    packed = f"preset {preset!r}, " if preset else ""
+    return (f"clip spec resizes frames to short side {spec.short_side} (crop {spec.crop}) but the shards hold "
+            f"{int(packed_short_side)} ({packed}short side {int(packed_short_side)}): frames will be upscaled; pack at "
+            f"--short-side {spec.short_side} or more")
+
+
 def audio_window(waveform: Optional[np.ndarray], start_s: float, num_samples: int, sample_rate: int) -> np.ndarray:
     """``num_samples`` of ``waveform`` from ``start_s`` seconds, zero-filled past its end (or
     all zeros when ``waveform`` is None)."""

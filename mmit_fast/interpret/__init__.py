@@ -8,7 +8,10 @@
 * :mod:`.gradcam`: Grad-CAM, the gradient baseline;
 * :mod:`.score`: pointing game and IoU of class maps against true action regions;
 * :mod:`.broden`: the Broden concept-dataset reader; :mod:`.dissect`: Action Network
-  Dissection (section 5.2) with streaming thresholds;
+  Dissection (section 5.2): IoU sums; :mod:`.quantile`: its exact streaming thresholds;
+  :mod:`.maskcache`: concept masks decoded once, bit-packed and cached; :mod:`.dissect_stage`:
+  thresholds + IoU from activations; :mod:`.dissect_run`: ``mmit dissect`` (forward pass, stage,
+  report);
 * :mod:`.render`: every picture and HTML page.
 """
 from .cam import MCAM, NoClassifierError, mcam

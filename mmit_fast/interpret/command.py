@@ -22,10 +22,10 @@ def add_cam(sub, help=None):
     p.add_argument("--limit", type=int, help="at most this many clips")
     p.add_argument("--time-average", action="store_true", help="one time-averaged map per clip instead of per frame")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.set_defaults(func=run_cam)
+    p.set_defaults(func=cmd_cam)
 
 
-def run_cam(args):
+def cmd_cam(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .camrun import run_cam
 
@@ -51,10 +51,10 @@ def add_predict(sub, help=None):
     p.add_argument("--no-cam", action="store_true", help="print labels only, no pictures")
     p.add_argument("--limit", type=int, default=16, help="at most this many clips of a shard/dataset (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.set_defaults(func=run_predict)
+    p.set_defaults(func=cmd_predict)
 
 
-def run_predict(args):
+def cmd_predict(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .camrun import predict
 
@@ -73,7 +73,7 @@ def add_dissect(sub, help=None):
     p = sub.add_parser(
         "dissect", help=help,
         description="NetDissect with action concepts (paper section 5.2): per-unit top-quantile thresholds "
-                    "(streaming), IoU of upsampled unit masks with concept masks, unit labels, Table 5 summary, "
+                    "(exact, streaming), IoU of upsampled unit masks with concept masks, unit labels, Table 5 summary, "
                     "Figs. 7, 9, 10, unit-to-class links, OUT/report.html. CONCEPTS: a Broden-layout folder "
                     "(mmit synth --broden writes one). Example: mmit dissect runs/demo/broden --checkpoint "
                     "runs/demo/train/checkpoints/best.pt --out runs/demo/dissect")
@@ -86,20 +86,26 @@ def add_dissect(sub, help=None):
     p.add_argument("--categories", help="comma-separated concept categories to use (default: all in index.csv)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.set_defaults(func=run_dissect)
+    p.add_argument("--mask-cache", default="auto", metavar="DIR",
+                   help="folder of the packed concept-mask cache, reused by later runs on the same concept set "
+                        "(verified by digest; default auto: $MMIT_CACHE_DIR/masks or ~/.cache/mmit-fast/masks; "
+                        "off: keep none)")
+    p.set_defaults(func=cmd_dissect)
 
 
-def run_dissect(args):
+def cmd_dissect(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .dissect_run import run_dissect
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     s = run_dissect(args.checkpoint, args.concepts, args.out, layers=split(args.layers), quantile=args.quantile,
                     iou_threshold=args.iou_threshold, device=args.device, batch_size=args.batch_size,
-                    categories=split(args.categories))
+                    categories=split(args.categories),
+                    mask_cache=None if args.mask_cache == "off" else args.mask_cache)
     for name, L in s["layers"].items():
         print(f"{name}: {L['interpretable']}/{L['units']} units interpretable "
               f"({L['interpretable_without_actions']} without action concepts), {L['unique_concepts']} concepts")
+    print(f"concept masks: {s.get('mask_cache')}")
     print(f"report: {s['files']['report']}")
     return 0
 

@@ -2,18 +2,10 @@
 
 Arrays in, arrays out, in memory bounded by units x concepts (never by the dataset size).
 
-**Thresholds** (:class:`QuantileSketch`). ``T_k`` = the top-``q`` quantile of unit ``k``'s raw
-activations over all images and positions (NetDissect's ``np.percentile(a_k, 100 (1-q))``,
-i.e. the value at ascending rank ``r = (1-q)(N-1)``). Each unit keeps a histogram of ``bins``
-equal bins on ``[lo_k, lo_k + bins * w_k)``: ``lo_k`` = the unit's minimum in the first batch
-(smaller later values are counted in bin 0), ``w_k`` starts at ``(max - lo_k) / bins`` of the
-first batch and doubles (pairs of bins merged, counts exact) whenever a larger value arrives.
-The estimate interpolates linearly inside the bin that holds rank ``r``. Error: the estimate
-lies in the bin that holds the order statistic ``a_(floor r)``, so
-``a_(floor r) - w_k <= T_hat_k <= a_(floor r) + w_k`` (and ``w_k <= 2 (max_k - lo_k) / bins``);
-since ``T_k`` lies between ``a_(floor r)`` and ``a_(ceil r)``, for continuous data
-``|T_hat_k - T_k| <= w_k`` up to the gap between two neighbouring order statistics.
-Memory: ``K x bins`` int64 (4096 bins: 32 KiB per unit).
+**Thresholds**: ``T_k`` = the top-``q`` quantile of unit ``k``'s raw activations over all images and
+positions, exactly NetDissect's ``np.percentile(a_k, 100 (1 - q))`` (float64), computed in a few
+streaming passes by :class:`~.quantile.ExactQuantile` (radix selection on the values' bits; memory
+bounded by the units).
 
 **IoU** (:class:`IoUTally`). The unit's map is upsampled (bilinear, ``align_corners=False``) to
 the mask size and binarised, ``M_k = up(a_k) > T_k``. With concept masks ``L_c``:
@@ -36,9 +28,10 @@ bit-packed lit and concept masks, intersections by popcount, units over OpenMP t
 other devices torch ops (:func:`_lit_pixels`, :meth:`IoUTally._join`). Both evaluate each pixel
 with the float64 expression of :func:`_bilinear_at`, so their sums equal the dense ones
 (:meth:`IoUTally.update` of :func:`binarise_upsampled`) bit for bit, except for values within
-float64 rounding of a threshold. Likewise :meth:`QuantileSketch.update_maps` counts with
-``mmit_fast._C.hist_update_ptr`` on CPU (the same float32 binning rule as the torch path: equal
-counts).
+float64 rounding of a threshold. Thresholds are float64 throughout: a cell is hot when
+``float64(a) > T_k``. :meth:`IoUTally.update_packed` takes the concept masks bit-packed (the mask
+cache's layout, :mod:`.maskcache`) and calls ``mmit_fast._C.dissect_tally_bits_ptr`` on CPU (a
+whole-image label costs no bits: its intersection is the lit area).
 
 **Top images** (:class:`TopImages`): per unit the ``n`` images with the largest maximum
 activation (a bounded buffer, merged batch by batch with ``topk``).
@@ -49,95 +42,10 @@ import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 _BLOCK = 8   # pixels per block side in the sparse binarisation (:func:`_lit_pixels`)
 
-__all__ = ["QuantileSketch", "IoUTally", "TopImages", "binarise_upsampled", "assign_labels"]
-
-
-class QuantileSketch:
-    """Per-unit streaming histogram for the top-``q`` threshold (module docstring)."""
-
-    def __init__(self, units: int, bins: int = 4096, device=None):
-        if bins < 2 or bins & (bins - 1):
-            raise ValueError(f"bins must be a power of two >= 2, got {bins}")
-        self.K, self.bins = int(units), int(bins)
-        self.counts = torch.zeros(self.K, self.bins, dtype=torch.int64, device=device)
-        self.lo: Optional[torch.Tensor] = None
-        self.width: Optional[torch.Tensor] = None
-        self.n = 0
-
-    def update(self, x: torch.Tensor, backend: str = "auto", threads: Optional[int] = None) -> None:
-        """Add values ``x`` [K, N] (one row per unit)."""
-        if x.shape[0] != self.K:
-            raise ValueError(f"expected {self.K} units, got {x.shape[0]}")
-        self._add(x.detach().float().reshape(1, self.K, -1), backend, threads)
-
-    def update_maps(self, a: torch.Tensor, backend: str = "auto", threads: Optional[int] = None) -> None:
-        """Add a batch of maps ``a`` [B, K, ...] (unit ``k``'s values: ``a[:, k]``; no transposed copy)."""
-        if a.dim() < 2 or a.shape[1] != self.K:
-            raise ValueError(f"expected maps [B, {self.K}, ...], got {tuple(a.shape)}")
-        self._add(a.detach().float().reshape(a.shape[0], self.K, -1), backend, threads)
-
-    def _add(self, x3: torch.Tensor, backend: str, threads: Optional[int]) -> None:
-        """``x3`` [B, K, S]: the first batch sets ``lo`` and ``w``; then grow and count, by the C++ kernel
-        (``mmit_fast._C.hist_update_ptr``: CPU, no copy, units over threads) or by torch ops (any
-        device); both follow the same float32 rule, so their counts are equal. Non-finite values are
-        a ValueError (a NaN would otherwise land in an arbitrary bin)."""
-        if x3.numel() == 0:
-            return
-        if self.lo is None:
-            self.lo = x3.amin(dim=(0, 2))
-            span = (x3.amax(dim=(0, 2)) - self.lo).clamp_min(1e-12)
-            self.width = span * (1 + 1e-6) / self.bins
-        if _use_cpp(backend, x3.device):
-            x3 = x3.contiguous()
-            ptr = lambda t: t.data_ptr()  # noqa: E731
-            bad = _cpp().hist_update_ptr(ptr(x3), x3.shape[0], self.K, x3.shape[2], ptr(self.lo), ptr(self.width),
-                                         ptr(self.counts), self.bins, torch.get_num_threads() if threads is None
-                                         else int(threads))
-        else:
-            x = x3.transpose(0, 1).reshape(self.K, -1)
-            bad = int((~torch.isfinite(x)).sum())
-            if not bad:
-                self._grow(x.max(dim=1).values)
-                b = ((x - self.lo[:, None]) / self.width[:, None]).floor().clamp_(0, self.bins - 1).long()
-                b += torch.arange(self.K, device=x.device)[:, None] * self.bins
-                # in place (no K x bins temporary per batch: a large, repeated allocation fragments the heap)
-                self.counts.view(-1).index_add_(0, b.flatten(), torch.ones(1, dtype=torch.int64,
-                                                                           device=b.device).expand(b.numel()))
-        if bad:
-            raise ValueError(f"{bad} non-finite activation value(s) (NaN or inf): no threshold can be estimated")
-        self.n += x3.shape[0] * x3.shape[2]
-
-    def _grow(self, mx: torch.Tensor) -> None:
-        """Widen the bins of units whose range no longer holds ``mx``: ``ratio = (mx - lo) / (w bins) =
-        m 2^e`` (``frexp``, m in [0.5, 1)), so ``floor(log2 ratio) = e - 1`` exactly, and the width grows
-        by ``f = 2^e`` (bin ``i`` -> ``i // f``, counts exact)."""
-        ratio = (mx - self.lo) / (self.width * self.bins)
-        need = torch.where(ratio >= 1, torch.frexp(ratio).exponent.long(), torch.zeros_like(ratio, dtype=torch.long))
-        rows = torch.nonzero(need > 0).flatten()
-        if rows.numel() == 0:
-            return
-        f = torch.pow(2, need[rows].clamp_max(62))                                   # int64 merge factors
-        to = torch.arange(self.bins, device=f.device)[None, :] // f[:, None]        # bin i -> i // f (0 when f >= bins)
-        self.counts[rows] = torch.zeros_like(self.counts[rows]).scatter_add_(1, to, self.counts[rows])
-        self.width[rows] *= f.to(self.width.dtype)
-
-    def quantile(self, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(T_hat [K], bin width w [K])`` for the top-``q`` quantile."""
-        if self.n == 0:
-            raise ValueError("no values seen")
-        r = (1.0 - float(q)) * (self.n - 1)
-        cum = self.counts.cumsum(dim=1).double()
-        j = torch.searchsorted(cum, torch.full((self.K, 1), r, dtype=torch.float64, device=cum.device),
-                               right=True).clamp_max(self.bins - 1)
-        before = torch.where(j > 0, cum.gather(1, (j - 1).clamp_min(0)), torch.zeros_like(j, dtype=cum.dtype))
-        cnt = self.counts.gather(1, j).double().clamp_min(1)
-        frac = ((r - before + 0.5) / cnt).clamp(0, 1)
-        t = self.lo.double() + self.width.double() * (j.squeeze(1).double() + frac.squeeze(1))
-        return t.float(), self.width.clone()
+__all__ = ["IoUTally", "TopImages", "binarise_upsampled", "assign_labels"]
 
 
 def _axis(n_in: int, n_out: int, device) -> Tuple[torch.Tensor, ...]:
@@ -220,7 +128,7 @@ def _cpp():
         from mmit_fast import _C
     except ImportError:  # pragma: no cover - depends on the build
         return None
-    return _C if hasattr(_C, "dissect_tally_ptr") and hasattr(_C, "hist_update_ptr") else None
+    return _C if hasattr(_C, "dissect_tally_bits_ptr") else None
 
 
 def _use_cpp(backend: str, device) -> bool:
@@ -291,6 +199,28 @@ def _concept_table(concepts, cols: torch.Tensor, hw: int, n_concepts: int, devic
     return table
 
 
+def unpack_concepts(bits: torch.Tensor, word: torch.Tensor, offsets: torch.Tensor, concept: torch.Tensor,
+                    size: Tuple[int, int], device=None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Bit-packed masks (:meth:`IoUTally.update_packed`'s layout) as ``[(concept indices [P_b], bool
+    masks [P_b, H, W])]`` per image, the form :meth:`IoUTally.update_sparse` takes."""
+    import numpy as np
+
+    H, W = size
+    WW = (W + 63) // 64
+    raw = bits.cpu().numpy().view(np.uint8)
+    out = []
+    for b in range(offsets.numel() - 1):
+        p0, p1 = int(offsets[b]), int(offsets[b + 1])
+        masks = np.ones((p1 - p0, H, W), bool)
+        for j, p in enumerate(range(p0, p1)):
+            w0 = int(word[p])
+            if w0 >= 0:
+                rows = raw[w0 * 8:(w0 + H * WW) * 8].reshape(H, WW * 8)
+                masks[j] = np.unpackbits(rows, axis=1, bitorder="little")[:, :W].astype(bool)
+        out.append((concept[p0:p1].to(device), torch.from_numpy(masks).to(device)))
+    return out
+
+
 def _as_u8(m: torch.Tensor) -> torch.Tensor:
     """0/1 uint8 view (no copy for bool masks)."""
     return (m if m.dtype == torch.bool else m != 0).view(torch.uint8)
@@ -346,7 +276,7 @@ class IoUTally:
         for idx, Lb in concepts:
             if idx.numel():
                 self.label.index_add_(0, idx, _as_u8(Lb.reshape(idx.numel(), -1)).sum(dim=1, dtype=torch.float64))
-        k, g = self._lit(act, size, thresholds.to(dev).float(), annotated, max_elems)
+        k, g = self._lit(act, size, thresholds.to(dev).double(), annotated, max_elems)
         self._join(k, g, concepts, size, max_elems)
 
     def _update_cpp(self, act, size, thresholds, concepts, annotated, threads) -> None:
@@ -358,7 +288,7 @@ class IoUTally:
         if K != self.K:
             raise ValueError(f"expected {self.K} units, got {K}")
         a = act.detach().to(torch.float32).contiguous()
-        t = thresholds.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        t = thresholds.detach().to(device="cpu", dtype=torch.float64).contiguous()
         taps = [x.contiguous() for x in _axis(h, H, "cpu") + _axis(w, W, "cpu")]
         counts = [int(idx.numel()) for idx, _ in concepts]
         P = sum(counts)
@@ -381,13 +311,51 @@ class IoUTally:
         self.unit_all += area.sum(dim=0)
         self.unit_cat += area.t() @ annotated.to(torch.float64)
 
+    def update_packed(self, act: torch.Tensor, size: Tuple[int, int], thresholds: torch.Tensor, bits: torch.Tensor,
+                      word: torch.Tensor, offsets: torch.Tensor, concept: torch.Tensor, mask_area: torch.Tensor,
+                      annotated: torch.Tensor, backend: str = "auto", threads: Optional[int] = None) -> None:
+        """:meth:`update_sparse` with bit-packed concept masks (:mod:`.maskcache`'s layout): ``bits``
+        int64 [n_words] (CPU), mask ``p``'s ``H`` rows of ``ceil(W / 64)`` words from ``word[p]`` (bit
+        ``x`` of row ``y`` = pixel ``(y, x)``; ``word[p] = -1``: the whole image), image ``b`` owning
+        masks ``offsets[b] .. offsets[b + 1]``, ``concept`` [P] their columns, ``mask_area`` [P] their
+        pixel counts. On CPU the C++ kernel reads the bits in place; elsewhere they are unpacked and
+        passed to :meth:`update_sparse`."""
+        B, K = act.shape[:2]
+        H, W = int(size[0]), int(size[1])
+        P = int(concept.numel())
+        if offsets.numel() != B + 1 or annotated.shape[0] != B or word.numel() != P or mask_area.numel() != P:
+            raise ValueError(f"{B} maps, {offsets.numel() - 1} images of masks, {annotated.shape[0]} annotation rows, "
+                             f"{P} concepts, {word.numel()} mask offsets, {mask_area.numel()} areas")
+        if not _use_cpp(backend, act.device):
+            return self.update_sparse(act, size, thresholds, unpack_concepts(bits, word, offsets, concept, (H, W),
+                                                                            act.device),
+                                      annotated.to(act.device), backend="torch", threads=threads)
+        if K != self.K:
+            raise ValueError(f"expected {self.K} units, got {K}")
+        if P and (int(concept.min()) < 0 or int(concept.max()) >= self.C):
+            raise ValueError(f"concept index outside [0, {self.C})")
+        a = act.detach().to(torch.float32).contiguous()
+        t = thresholds.detach().to(device="cpu", dtype=torch.float64).contiguous()
+        taps = [x.contiguous() for x in _axis(act.shape[2], H, "cpu") + _axis(act.shape[3], W, "cpu")]
+        bits, word = bits.contiguous(), word.to(torch.int64).contiguous()
+        offsets, concept = offsets.to(torch.int64).contiguous(), concept.to(torch.int64).contiguous()
+        area = torch.empty(B, K, dtype=torch.float64)
+        _cpp().dissect_tally_bits_ptr(a.data_ptr(), t.data_ptr(), B, K, a.shape[2], a.shape[3], H, W,
+                                      *(x.data_ptr() for x in taps), bits.data_ptr(), bits.numel(), word.data_ptr(), P,
+                                      offsets.data_ptr(), concept.data_ptr(), self.C, self.inter.data_ptr(),
+                                      area.data_ptr(), torch.get_num_threads() if threads is None else int(threads))
+        if P:
+            self.label.index_add_(0, concept, mask_area.to(torch.float64))
+        self.unit_all += area.sum(dim=0)
+        self.unit_cat += area.t() @ annotated.to(torch.float64)
+
     def _lit(self, act, size, T, annotated, max_elems) -> Tuple[torch.Tensor, torch.Tensor]:
         """Lit pixels of the batch as (unit [n], batch pixel ``b * H * W + y * W + x`` [n]); adds their
         areas to ``unit_all`` and ``unit_cat``."""
         B, K, h, w = act.shape
         H, W = size
         dev = act.device
-        hot = act.float() > T.view(1, -1, 1, 1)
+        hot = act.double() > T.view(1, -1, 1, 1)
         bs, ks = torch.nonzero(hot.flatten(2).any(dim=2), as_tuple=True)
         lit_k, lit_g = [torch.zeros(0, dtype=torch.long, device=dev)], [torch.zeros(0, dtype=torch.long, device=dev)]
         if bs.numel() == 0:
@@ -403,7 +371,7 @@ class IoUTally:
             a1 = max(a0 + 1, int(torch.searchsorted(ends, base + max_elems, right=True)))
             b_, k_ = bs[a0:a1], ks[a0:a1]
             a0 = a1
-            p, y, x = _lit_pixels(act[b_, k_].double(), hot[b_, k_], T.double()[k_], *axes)
+            p, y, x = _lit_pixels(act[b_, k_].double(), hot[b_, k_], T[k_], *axes)
             area = torch.bincount(p, minlength=b_.numel()).double()
             self.unit_all.index_add_(0, k_, area)
             self.unit_cat.index_add_(0, k_, area[:, None] * annotated[b_].double())

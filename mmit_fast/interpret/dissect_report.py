@@ -52,7 +52,7 @@ def _layer_summary(model, broden, raw, name: str, iou_threshold: float, union: s
             "concept_without_actions": broden.concepts[concepts[c2]].name, "category_without_actions": cat_of[c2],
             "iou_without_actions": round(float(noact["iou"][k]), 5),
             "interpretable_without_actions": bool(noact["interpretable"][k]),
-            "threshold": float(L["thresholds"][k]), "threshold_error": float(L["threshold_error"][k]),
+            "threshold": float(L["thresholds"][k]),
             "top_concepts": ";".join(f"{broden.concepts[concepts[int(j)]].name}:{float(v):.3f}"
                                      for v, j in zip(top3.values[k], top3.indices[k])),
             "top_classes": ";".join(model.class_names[i] for i in classes[k]) if classes else "",
@@ -63,12 +63,12 @@ def _layer_summary(model, broden, raw, name: str, iou_threshold: float, union: s
             "unique_concepts": len({u["concept"] for u in interp}),
             "per_category": dict(Counter(u["category"] for u in interp)),
             "units_per_concept": dict(Counter(u["concept"] for u in interp).most_common()),
-            "max_threshold_error": max(u["threshold_error"] for u in units), "unit_rows": units}
+            "unit_rows": units}
 
 
 def summarise(model, broden, raw, *, iou_threshold: float, union: str, quantile: float) -> Dict[str, Any]:
     names = list(raw["layers"])
-    from .dissect_run import stage_layers
+    from .dissect_inputs import stage_layers
 
     last = stage_layers(model)[-1] if stage_layers(model) else None
     layers = {n: _layer_summary(model, broden, raw, n, iou_threshold, union, n == last) for n in names}
@@ -77,7 +77,7 @@ def summarise(model, broden, raw, *, iou_threshold: float, union: str, quantile:
     per_cat = Counter(broden.concepts[c].category for c in seen)
     return {"layers": layers, "images": raw["images"], "skipped": raw["skipped"], "quantile": quantile,
             "iou_threshold": iou_threshold, "union": union, "categories": raw["categories"],
-            "concepts_per_category": dict(per_cat), "concepts": len(seen)}
+            "concepts_per_category": dict(per_cat), "concepts": len(seen), "mask_cache": raw.get("mask_cache")}
 
 
 def _table5(summary: Dict[str, Any]) -> str:
@@ -104,7 +104,7 @@ def _units_csv(path: str, rows: List[Dict[str, Any]]) -> None:
 
 def _fig10(path, model, spec, mean, std, broden, raw, name, units, n_units: int = 8):
     """Top images of the best interpretable units, each with the unit's thresholded mask."""
-    from .dissect_run import _input, _prep, layer_activations
+    from .dissect_inputs import layer_activations, prep_image, static_clip
     from .dissect import binarise_upsampled
     from .layers import resolve_layers
     from PIL import Image, ImageDraw
@@ -119,7 +119,7 @@ def _fig10(path, model, spec, mean, std, broden, raw, name, units, n_units: int 
     for u in best:
         ids = [i for i in L["top_images"][u["unit"]]]
         imgs = [broden.image(i) for i in ids]
-        x = _input(np.stack([_prep(im, spec.crop) for im in imgs]), spec, mean, std, dev, True)
+        x = static_clip(np.stack([prep_image(im, spec.crop) for im in imgs]), spec, mean, std, dev, True)
         a = layer_activations(model, mods, x)[name][:, u["unit"]:u["unit"] + 1]
         tiles = []
         for b, i in enumerate(ids):
@@ -186,8 +186,8 @@ def _html(s: Dict[str, Any], out_dir: str) -> str:
         tag = n.replace(".", "_")
         parts.append(f"<h2>{html.escape(n)}</h2><p>{L['interpretable']} of {L['units']} units interpretable "
                      f"({L['interpretable_without_actions']} without action concepts), {L['unique_concepts']} "
-                     f"unique concepts; <a href='{rel(f['units_' + tag])}'>per-unit CSV</a>; largest threshold "
-                     f"error {L['max_threshold_error']:.3g}.</p>")
+                     f"unique concepts; <a href='{rel(f['units_' + tag])}'>per-unit CSV</a>; thresholds exact "
+                     "(NetDissect's np.percentile).</p>")
         if f.get("fig9_" + tag):
             parts.append(f"<img src='{rel(f['fig9_' + tag])}'>")
     if f.get("fig10"):

@@ -5,14 +5,18 @@ Pipeline (two passes over the concept images, the maths in :mod:`.dissect`):
 1. each image is resized to the model's crop, normalised and, for a video model, repeated
    over the clip's frames (a static clip); a layer's output is read as [B, K, h, w] (3D nets:
    the mean over its time axis; TSM: its frames unfolded, then averaged);
-2. pass 1 (the only forward pass; images only): per-unit streaming thresholds
-   (:class:`~.dissect.QuantileSketch`) and top images; the activations are spilled to a temporary float32 file (exact, read back with
-   plain reads: the process's memory stays flat however large the dataset; disk use is
-   ``4 * K * h * w`` bytes per image and layer, a quarter of NetDissect-Lite's float64 memmap);
-3. pass 2 (masks only): unit masks against the concept masks
-   (:meth:`~.dissect.IoUTally.update_sparse`: only the output pixels that can reach the
-   threshold are evaluated; on CPU by the C++ kernel of ``csrc/dissect.cpp`` with the run's
-   thread count, elsewhere by batched torch ops; no Python loop over images or units);
+2. pass 1 (the only forward pass; images only): the thresholds' first pass
+   (:class:`~.quantile.ExactQuantile`'s histograms) and top images; the activations are spilled
+   to a temporary float32 file (exact, read back with plain reads: the process's memory stays
+   flat however large the dataset; disk use is ``4 * K * h * w`` bytes per image and layer, a
+   quarter of NetDissect-Lite's float64 memmap);
+3. the dissection stage on the spilled activations (:mod:`.dissect_stage`): at most two
+   refinement passes make each threshold exact (``np.percentile``), then the IoU pass: unit
+   masks against the concept masks, bit-packed by :class:`~.maskcache.MaskCache` (decoded once
+   per concept set on the run's threads and cached on disk, ``mask_cache``), through
+   :meth:`~.dissect.IoUTally.update_packed` (only the output pixels that can reach the threshold
+   are evaluated; on CPU by the C++ kernel of ``csrc/dissect.cpp`` with the run's thread count,
+   elsewhere by batched torch ops; no Python loop over images or units);
 4. labels (argmax, interpretable above ``iou_threshold``) with and without the action
    concepts, unit-to-class links of the layer that feeds the classifier; then the report
    (:mod:`.dissect_report`).
@@ -34,24 +38,15 @@ import torch
 
 from .._io import claim_output_dir
 from .broden import Broden, BrodenError
-from .dissect import IoUTally, QuantileSketch, TopImages
-from .layers import available_layers, resolve_layers, to_video_maps
+from .dissect import TopImages
+from .dissect_stage import TRIM_EVERY, exact_thresholds, release_freed_memory, tally_pass
+from .dissect_inputs import layer_activations, prep_image, stage_layers, static_clip
+from .layers import resolve_layers
+from .maskcache import MaskCache, default_cache_dir
+from .quantile import ExactQuantile
 from .source import load_model
 
 __all__ = ["run_dissect", "dissect_model", "stage_layers", "plan_batches", "layer_activations"]
-
-
-def stage_layers(model) -> List[str]:
-    pre = "video." if getattr(model, "modality", "video") == "audio-video" else ""
-    return [n for n in available_layers(model) if "." not in n[len(pre):]]
-
-
-def _prep(img: np.ndarray, crop: int) -> np.ndarray:
-    from PIL import Image
-
-    if img.shape[:2] != (crop, crop):
-        img = np.asarray(Image.fromarray(img).resize((crop, crop), Image.BILINEAR))
-    return img
 
 
 def plan_batches(broden: Broden, batch_size: int, skipped: Dict[str, str], limit: Optional[int] = None
@@ -104,80 +99,6 @@ class _SpillFile:
         self.f.close()
 
 
-def layer_activations(model, modules: Dict[str, torch.nn.Module], x: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """One forward pass; each named layer's output as [B, K, h, w] (time averaged)."""
-    got: Dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            from ..models import run_model
-
-            run_model(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for n in modules:
-        a = to_video_maps(got[n], x.shape[0])
-        out[n] = a.mean(dim=2) if a.dim() == 5 else a
-    return out
-
-
-def _input(images: np.ndarray, spec, mean, std, device, video: bool, out: Optional[torch.Tensor] = None
-           ) -> torch.Tensor:
-    """The model input: each image repeated over the clip's frames (``video``), written into ``out``
-    (or its first rows) when its shape allows (the static clip of a batch of 16 is ~77 MB at 8 x 224
-    px: reusing one buffer saves a fresh, page-faulted allocation and its release per batch)."""
-    from .source import to_input
-
-    x = to_input(images[:, None], mean, std, device)                      # [B, 3, 1, c, c]
-    if not video:
-        return x[:, :, 0]
-    shape = (x.shape[0], x.shape[1], spec.frames) + tuple(x.shape[3:])
-    if (out is None or tuple(out.shape[1:]) != shape[1:] or out.shape[0] < shape[0] or out.dtype != x.dtype
-            or out.device != x.device):
-        return x.expand(shape).contiguous()
-    return out[:shape[0]].copy_(x.expand(shape))                          # a leading slice stays contiguous
-
-
-def _image_concepts(broden: Broden, i: int, index: Dict[int, int], cats: List[str], device, skipped):
-    """``((concept indices [P], masks bool [P, sh, sw]), annotated bool [n_categories])`` of row ``i``,
-    or None when its masks cannot be read (then listed in ``skipped``)."""
-    try:
-        m, ann = broden.masks(i)
-    except BrodenError as e:
-        skipped[broden.rows[i].image] = f"{e} (image left out of the IoU; its activations count in the thresholds)"
-        return None
-    keys = [c for c in m if c in index]
-    r = broden.rows[i]
-    L = (torch.from_numpy(np.stack([np.asarray(m[c], dtype=bool) for c in keys])) if keys
-         else torch.zeros(0, r.sh, r.sw, dtype=torch.bool))
-    idx = torch.tensor([index[c] for c in keys], dtype=torch.long)
-    return (idx.to(device), L.to(device)), torch.tensor([c in ann for c in cats], dtype=torch.bool, device=device)
-
-
-def _release_freed_memory() -> None:
-    """Give freed heap pages back to the system (glibc ``malloc_trim``): the many short-lived
-    buffers of different sizes otherwise fragment the heap and the resident size creeps up
-    with the number of batches (measured with an earlier pass 2 that upsampled whole maps: +34 MB
-    from 60 to 240 images without it; the current one keeps few temporaries, and a trim every
-    ``_TRIM_EVERY`` batches keeps the peak flat)."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
-_TRIM_EVERY = 16   # batches between two trims (a trim costs ~5-20 ms; measured flat memory 60 -> 240 images)
-
-
 @contextlib.contextmanager
 def _small_ops(device):
     """Run a block of small, memory-bound tensor ops on one CPU thread (on a busy machine, OpenMP
@@ -195,21 +116,21 @@ def _small_ops(device):
 
 
 def dissect_model(model, spec, mean, std, broden: Broden, layers: Sequence[str], *, quantile: float = 0.005,
-                  batch_size: int = 16, bins: int = 4096, top_n: int = 4, limit: Optional[int] = None,
-                  progress: bool = False, spill_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Pass 1 (forward, thresholds, top images, activations spilled to a temporary file) and
-    pass 2 (IoU) for ``layers``; returns per layer ``iou`` (an :class:`IoUTally`), ``thresholds``,
-    ``threshold_error``, ``top_images``, plus ``concepts`` (numbers in IoU column order), ``skipped``."""
+                  batch_size: int = 16, top_n: int = 4, limit: Optional[int] = None, progress: bool = False,
+                  spill_dir: Optional[str] = None, mask_cache: Optional[str] = "auto") -> Dict[str, Any]:
+    """Pass 1 (forward, thresholds' first pass, top images, activations spilled to a temporary file)
+    and the dissection stage (exact thresholds, IoU) for ``layers``; returns per layer ``iou`` (an
+    :class:`IoUTally`), ``thresholds`` (float64), ``top_images``, plus ``concepts`` (numbers in IoU
+    column order), ``skipped``, ``mask_cache`` (what the mask cache did). ``mask_cache``: a folder,
+    ``"auto"`` (:func:`~.maskcache.default_cache_dir`) or None (no cache kept)."""
     import tempfile
 
     mods = resolve_layers(model, layers)
     dev = next(model.parameters()).device
     concepts = sorted(broden.concepts)
-    index = {c: j for j, c in enumerate(concepts)}
     cats = list(broden.categories)
-    ccat = [cats.index(broden.concepts[c].category) for c in concepts]
     skipped: Dict[str, str] = {}
-    sk: Dict[str, QuantileSketch] = {}
+    sk: Dict[str, ExactQuantile] = {}
     top: Dict[str, TopImages] = {}
     batches: List[Tuple[List[int], Tuple[int, int]]] = []
     with tempfile.TemporaryDirectory(prefix="mmit-dissect-", dir=spill_dir) as tmp:
@@ -217,38 +138,44 @@ def dissect_model(model, spec, mean, std, broden: Broden, layers: Sequence[str],
         try:
             buf = None
             for ids, imgs, size in plan_batches(broden, batch_size, skipped, limit):
-                x = _input(np.stack([_prep(im, spec.crop) for im in imgs]), spec, mean, std, dev, True, buf)
+                x = static_clip(np.stack([prep_image(im, spec.crop) for im in imgs]), spec, mean, std, dev, True, buf)
                 if buf is None or x.data_ptr() != buf.data_ptr():
                     buf = x                                                # a new buffer: reused from now on
                 acts = layer_activations(model, mods, x)
                 with _small_ops(dev):
-                    _pass1_update(acts, ids, sk, top, spill, bins, top_n, dev)
+                    _pass1_update(acts, ids, sk, top, spill, top_n, dev)
                 del x, acts
                 batches.append((ids, size))
-                if len(batches) % _TRIM_EVERY == 0:
-                    _release_freed_memory()
+                if len(batches) % TRIM_EVERY == 0:
+                    release_freed_memory()
                 if progress:
                     print(f"[dissect] pass 1: {sum(len(b[0]) for b in batches)} images", flush=True)
             if not batches:
                 raise BrodenError(f"{broden.root}: no readable image ({len(skipped)} skipped)")
-            thr = {n: sk[n].quantile(quantile) for n in sk}
-            tally = {n: IoUTally(sk[n].K, ccat, len(cats), dev) for n in sk}
+            read = {n: (lambda f=spill[n]: (a.to(dev) for a in f.reader())) for n in sk}
             with _small_ops(dev) as threads:
-                _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped, threads)
+                thr = exact_thresholds(sk, read, quantile, threads)
+                index = {c: j for j, c in enumerate(concepts)}
+                cache = default_cache_dir() if mask_cache == "auto" else mask_cache
+                with MaskCache(broden, index, rows=batches[-1][0][-1] + 1, cache_dir=cache, threads=threads) as masks:
+                    if progress:
+                        print(f"[dissect] concept masks: {masks.status} ({masks.path})", flush=True)
+                    tally = tally_pass(read, thr, batches, masks, [cats.index(broden.concepts[c].category)
+                                                                   for c in concepts], len(cats), dev, threads, skipped)
+                    status = masks.status
         finally:
             for f in spill.values():
                 f.close()
-    return {"layers": {n: {"iou": tally[n], "thresholds": thr[n][0], "threshold_error": thr[n][1],
-                           "top_images": top[n].result()} for n in sk},
-            "concepts": concepts, "categories": cats, "skipped": skipped,
+    return {"layers": {n: {"iou": tally[n], "thresholds": thr[n], "top_images": top[n].result()} for n in sk},
+            "concepts": concepts, "categories": cats, "skipped": skipped, "mask_cache": status,
             "images": sum(len(b[0]) for b in batches)}
 
 
-def _pass1_update(acts, ids, sk, top, spill, bins, top_n, dev) -> None:
-    """Thresholds' histograms, top images and the spill file, for one batch of every layer."""
+def _pass1_update(acts, ids, sk, top, spill, top_n, dev) -> None:
+    """Thresholds' first pass, top images and the spill file, for one batch of every layer."""
     for n, a in acts.items():
         if n not in sk:
-            sk[n], top[n] = QuantileSketch(a.shape[1], bins, dev), TopImages(a.shape[1], top_n, dev)
+            sk[n], top[n] = ExactQuantile(a.shape[1], dev), TopImages(a.shape[1], top_n, dev)
         try:
             sk[n].update_maps(a)
         except ValueError as e:
@@ -257,30 +184,14 @@ def _pass1_update(acts, ids, sk, top, spill, bins, top_n, dev) -> None:
         spill[n].write(a)
 
 
-def _pass2(broden, batches, spill, sk, thr, tally, index, cats, dev, skipped, threads) -> None:
-    """IoU sums: each batch's masks against its spilled activations, for every layer."""
-    readers = {n: spill[n].reader() for n in sk}
-    for j, (ids, size) in enumerate(batches):
-        got = [_image_concepts(broden, i, index, cats, dev, skipped) for i in ids]
-        keep = torch.tensor([g is not None for g in got], device=dev)
-        got = [g for g in got if g is not None]
-        for n in sk:
-            a = next(readers[n]).to(dev)[keep]
-            if got:
-                tally[n].update_sparse(a, size, thr[n][0], [g[0] for g in got], torch.stack([g[1] for g in got]),
-                                       threads=threads)
-        del got, a
-        if (j + 1) % _TRIM_EVERY == 0:
-            _release_freed_memory()
-
-
 def run_dissect(checkpoint: str, concepts_dir: str, out_dir: str, *, layers: Optional[Sequence[str]] = None,
                 quantile: float = 0.005, iou_threshold: float = 0.04, device: str = "auto", batch_size: int = 16,
                 union: str = "category", limit: Optional[int] = None, categories: Optional[Sequence[str]] = None,
-                progress: bool = False) -> Dict[str, Any]:
+                progress: bool = False, mask_cache: Optional[str] = "auto") -> Dict[str, Any]:
     """Dissect ``checkpoint`` on the Broden-layout folder ``concepts_dir``; write the per-unit CSVs,
     figures, ``summary.json`` and ``report.html`` to ``out_dir`` (new, empty or an earlier
-    dissection's: :func:`~mmit_fast._io.claim_output_dir`); return the summary."""
+    dissection's: :func:`~mmit_fast._io.claim_output_dir`); return the summary. ``mask_cache``:
+    where the packed concept masks are cached (see :func:`dissect_model`)."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     claim_output_dir(out_dir, "dissect")
@@ -291,7 +202,7 @@ def run_dissect(checkpoint: str, concepts_dir: str, out_dir: str, *, layers: Opt
     layers = list(layers) if layers else stage_layers(model)
     resolve_layers(model, layers)   # unknown names fail before any work
     raw = dissect_model(model, spec, mean, std, broden, layers, quantile=quantile, batch_size=batch_size,
-                        limit=limit, progress=progress)
+                        limit=limit, progress=progress, mask_cache=mask_cache)
     from .dissect_report import summarise, write_report
 
     summary = summarise(model, broden, raw, iou_threshold=iou_threshold, union=union, quantile=quantile)

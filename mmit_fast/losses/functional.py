@@ -218,7 +218,7 @@ class WLSEPLoss(_Loss):
 LOSSES = {"bce": BCELoss, "warp": WARPLoss, "lsep": LSEPLoss, "wlsep": WLSEPLoss}
 
 
-def get_loss(name: str, weights=None, **kw) -> nn.Module:
+def get_loss(name: str, weights: "torch.Tensor | None" = None, **kw: object) -> nn.Module:
     """The loss module called ``name``.
 
     Args:

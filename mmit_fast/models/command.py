@@ -18,10 +18,10 @@ def add_import_weights(sub, help=None):
     p.add_argument("--categories", required=True, metavar="FILE",
                    help="class names, one per line, in the order of the model's outputs")
     p.add_argument("--out", required=True, metavar="CKPT", help="mmit checkpoint to write")
-    p.set_defaults(func=run_import_weights)
+    p.set_defaults(func=cmd_import_weights)
 
 
-def run_import_weights(args):
+def cmd_import_weights(args):
     from .importers import import_weights
 
     ck = import_weights(args.src, args.format, args.categories, args.out)

@@ -43,10 +43,10 @@ def add_synth(sub, help=None):
     p.add_argument("--broden", metavar="DIR", help="also export the test split in the Broden layout (for dissection) to DIR")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in OUT")
-    p.set_defaults(func=run_synth)
+    p.set_defaults(func=cmd_synth)
 
 
-def run_synth(args):
+def cmd_synth(args):
     from .synth import generate_dataset
 
     try:
@@ -86,10 +86,12 @@ def add_pack(sub, help=None):
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split these rows go to (default train)")
     p.add_argument("--codec", default="vp9", choices=["vp9", "h264", "mjpeg"],
                    help="video codec: vp9 (DALI CPU+GPU, default), h264 (DALI GPU only), mjpeg")
-    p.add_argument("--short-side", type=int, default=256, help="short side in pixels (default 256)")
+    p.add_argument("--short-side", type=int, default=None, help="short side in pixels (default 256, or the preset's)")
     p.add_argument("--preset", choices=preset_names(), default=None,
                    help="frame rate + keyframe spacing matched to a model: full (25 fps, the default), paper-i3d "
-                        "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM)")
+                        "(16 frames per clip, for uniform 16-frame I3D clips), tsm8 (8 frames per clip, for TSM); "
+                        "paper-i3d-128, tsm8-128: the same at short side 128, the size 112-px crops are resized to; "
+                        "full-bframes: full with non-reference B-frames (H.264), which the loader skips when unneeded")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default 25, or the preset's)")
     p.add_argument("--seconds", type=float, default=3.0, help="max clip length; shorter clips keep theirs (default 3)")
     p.add_argument("--gop", type=int, default=None, help="frames between keyframes (default fps/2, or the preset's)")
@@ -105,10 +107,10 @@ def add_pack(sub, help=None):
                    help="pack only part i of N disjoint slices of the rows (cluster runs); auto: this Slurm array "
                         "task's (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--merge", action="store_true", help="merge the part manifests in --out into manifest.json and exit")
-    p.set_defaults(func=run_pack)
+    p.set_defaults(func=cmd_pack)
 
 
-def run_pack(args):
+def cmd_pack(args):
     from . import ShardWriteError, merge_parts, pack_videos, split_report
     from ..storage import redact
 
@@ -158,10 +160,10 @@ def add_inspect(sub, help=None):
     p.add_argument("--no-decode", action="store_true", help="skip decoding video/audio (structure and digest checks only)")
     p.add_argument("--fix-index", action="store_true",
                    help="rewrite a missing, stale or foreign .idx from the tar's own member list")
-    p.set_defaults(func=run_inspect)
+    p.set_defaults(func=cmd_inspect)
 
 
-def run_inspect(args):
+def cmd_inspect(args):
     import os
 
     from . import inspect_shard

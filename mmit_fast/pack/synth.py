@@ -474,13 +474,16 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     ``"close"`` (as anywhere, the actors of a clip side by side, touching or overlapping in part).
     Returns the manifest.
     """
-    from .presets import resolve
+    from .presets import resolve, resolve_bframes, resolve_short_side
 
+    size = resolve_short_side(preset, None if size == 112 else size) if preset else size
+    bframes = resolve_bframes(preset, codec)
     fps, gop, preset = resolve(preset, seconds, None if fps == 25.0 else fps, None)
     cfg = SynthConfig(num_videos=num_videos, seed=seed, size=size, fps=fps, seconds=seconds, splits=tuple(splits),
                       action_count_probs=tuple(action_count_probs), tail=tail, label_dropout=label_dropout,
                       no_audio_prob=no_audio_prob, distractors=distractors, layout=layout)
-    spec = EncodeSpec(codec=codec, short_side=size, fps=fps, seconds=cfg.frames / fps, gop=gop, preset=preset)
+    spec = EncodeSpec(codec=codec, short_side=size, fps=fps, seconds=cfg.frames / fps, gop=gop, preset=preset,
+                      bframes=bframes)
     counts = cfg.split_counts()
     info = {"generator": "multi-moving-shapes", "config": asdict(cfg), "class_probs": cfg.class_probs().tolist(),
             "visual_classes": list(VISUAL_ACTIONS), "audio_classes": list(AUDIO_ACTIONS),

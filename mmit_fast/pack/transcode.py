@@ -287,6 +287,7 @@ class EncodeSpec:
     audio_format: str = "flac"
     threads: int = 1                # ffmpeg threads per clip (workers give the parallelism)
     preset: Optional[str] = None    # packing preset name (mmit_fast.pack.presets), recorded in the manifest
+    bframes: int = 0                # H.264: non-reference B-frames between reference frames (no B-pyramid)
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -317,7 +318,7 @@ class EncodeSpec:
             "gop": self.gop if self.codec != "mjpeg" else 1,
             "crf": self.crf_value,
             "preset": self.preset,
-        }
+        } | ({"bframes": self.bframes} if self.bframes else {})   # absent when 0: older manifests stay equal
 
     def audio_manifest(self) -> Dict:
         return {"format": self.audio_format, "sample_rate": AUDIO_RATE, "channels": 1, "sample_fmt": "s16"}
@@ -340,8 +341,10 @@ class EncodeSpec:
                       "lag-in-frames": 0, "auto-alt-ref": 0})
         elif self.codec == "h264":
             a.update({"c:v": "libx264", "preset": "veryfast", "crf": self.crf_value, "g": self.gop,
-                      "keyint_min": self.gop, "sc_threshold": 0, "bf": 0, "profile:v": "high",
+                      "keyint_min": self.gop, "sc_threshold": 0, "bf": self.bframes, "profile:v": "high",
                       "movflags": "+faststart"})
+            if self.bframes:
+                a["b-pyramid"] = "none"   # every B-frame a non-reference picture
         else:
             a.update({"c:v": "mjpeg", "q:v": self.crf_value})
         a["movflags"] = "+faststart"

@@ -8,6 +8,7 @@ from .. import shards as S
 from .annotations import parse_part, part_range, read_annotations, read_categories
 from .packer import Job, write_split
 from .presets import resolve as resolve_preset
+from .presets import resolve_bframes, resolve_short_side
 from .transcode import EncodeSpec, transcode_file
 from .writer import Sample, make_sample
 
@@ -43,7 +44,7 @@ class _TranscodeJob:
 
 
 def pack_videos(video_root: str, annotations: str, categories: str, out_dir: str, *, split: str = "train",
-                codec: str = "vp9", short_side: int = 256, fps: Optional[float] = None, seconds: float = 3.0,
+                codec: str = "vp9", short_side: Optional[int] = None, fps: Optional[float] = None, seconds: float = 3.0,
                 gop: Optional[int] = None, crf: Optional[int] = None, audio_format: str = "flac",
                 workers: int = 2, shard_samples: int = 1000, shard_bytes: int = 1 << 30,
                 resume: bool = False, overwrite: bool = False,
@@ -62,12 +63,15 @@ def pack_videos(video_root: str, annotations: str, categories: str, out_dir: str
     unless ``drop_unknown``. ``part="i/N"`` packs the i-th of N disjoint contiguous slices of
     the rows (merge with :func:`merge_parts`); ``resume`` continues an interrupted run.
     Packing a second split into the same folder adds it to the manifest.
-    ``preset`` (:mod:`mmit_fast.pack.presets`: ``full``, ``paper-i3d``, ``tsm8``) sets the
-    frame rate and keyframe spacing (``fps``/``gop`` default to 25 fps and fps/2 without it).
+    ``preset`` (:mod:`mmit_fast.pack.presets`: ``full``, ``paper-i3d``, ``tsm8``, ``paper-i3d-128``,
+    ``tsm8-128``) sets the frame rate and keyframe spacing (``fps``/``gop`` default to 25 fps and
+    fps/2 without it), and for the ``-128`` ones the short side (``short_side`` default 256).
     """
+    short_side = resolve_short_side(preset, short_side)
+    bframes = resolve_bframes(preset, codec)
     fps, gop, preset = resolve_preset(preset, seconds, fps, gop)
     spec = EncodeSpec(codec=codec, short_side=short_side, fps=fps, seconds=seconds, gop=gop, crf=crf,
-                      audio_format=audio_format, preset=preset)
+                      audio_format=audio_format, preset=preset, bframes=bframes)
     if not os.path.isdir(video_root):
         raise FileNotFoundError(f"video root {video_root} is not a folder")
     classes = read_categories(categories)

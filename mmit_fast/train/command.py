@@ -52,10 +52,10 @@ def add_train(sub, help=None):
                     "--resume-allow KEY,...). Exit codes: 0 done, 2 bad input (config, data, checkpoint, refused "
                     "resume), 1 failure (e.g. a non-finite loss).")
     add_config_args(p)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=cmd_train)
 
 
-def run_train(args):
+def cmd_train(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     return run_cli(args)  # errors reach main(): 2 bad config/checkpoint/resume, 1 e.g. a non-finite loss
 
@@ -72,10 +72,10 @@ def add_finetune(sub, help=None):
     p.add_argument("--from", dest="finetune_from", required=True, metavar="CHECKPOINT",
                    help="checkpoint of the trained model (e.g. runs/demo/train/checkpoints/best.pt)")
     add_config_args(p, skip=("init_from",))
-    p.set_defaults(func=run_finetune)
+    p.set_defaults(func=cmd_finetune)
 
 
-def run_finetune(args):
+def cmd_finetune(args):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see mmit_fast.train)
     from .finetune import finetune_base_config
 
