@@ -9,7 +9,8 @@ zeroed the pixel of CAM's own peak, and the same outcomes for a variant of mCAM 
 zeroing step ("owner only": each class keeps its normalised CAM where it is the pixel-wise
 arg-max over the clip's classes, 0 elsewhere).
 
-    python benchmarks/interpret_mcam_diag.py [runs/interp]
+    python benchmarks/interpret_mcam_diag.py [runs/interp [TRAIN_DIR [DATA_DIR]]]
+    python benchmarks/interpret_mcam_diag.py runs/interp train_interp14_cpu data_close   # a variant
 """
 import collections
 import sys
@@ -57,11 +58,11 @@ def clip_outcomes(model, item, names, mean, std, cnt, cut):
                 cut.append(bool(zeroed[j, t, int(p[0]), int(p[1])]))
 
 
-def main(work="runs/interp"):
-    model, spec, mean, std = load_model(work + "/train/checkpoints/best.pt", "cpu")
+def main(work="runs/interp", train="train", data="data"):
+    model, spec, mean, std = load_model(f"{work}/{train}/checkpoints/best.pt", "cpu")
     names = list(model.class_names)
     cnt, cut = collections.Counter(), []
-    for src in (work + "/data:test", work + "/data:val"):
+    for src in (f"{work}/{data}:test", f"{work}/{data}:val"):
         for item in iter_clips(src, spec, names):
             clip_outcomes(model, item, names, mean, std, cnt, cut)
     pairs = {k: v for k, v in cnt.items() if k[0] != "owner only"}

@@ -403,3 +403,31 @@ def test_i3d_last_stride_1_is_the_dilated_net_of_stride_2():
     assert b.layer4[1].conv1.dilation == (1, 2, 2) and b.layer4[0].conv1.dilation == (1, 1, 1)
     with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
         create_model("i3d", C, depth=18, width=4, last_stride=3)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("l3,l4", [(1, 1), (1, 2)])
+def test_i3d_layer3_stride_1_is_the_dilated_net_of_stride_32(depth, l3, l4):
+    """``layer3_stride=1`` (and ``last_stride=1``: output stride 8) computes the stride-32 net's
+    maps at every position: sampled every 2^(removed strides) positions they equal the plain
+    net's maps (same weights, float64), for basic and bottleneck blocks; the dilations follow
+    torchvision's ``replace_stride_with_dilation`` (a stage's stride-carrying conv keeps the
+    previous stage's dilation)."""
+    torch.manual_seed(0)
+    kw = dict(depth=depth, width=4, conv1_t=1)
+    a = create_model("i3d", C, **kw).double().eval()
+    _randomize_bn_(a)
+    b = create_model("i3d", C, layer3_stride=l3, last_stride=l4, **kw).double().eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 4, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        fa, fb = a.features(x), b.features(x)
+    step = 2 ** ((l3 == 1) + (l4 == 1))
+    assert fa.shape[-2:] == (2, 2) and fb.shape[-2:] == (2 * step, 2 * step)
+    torch.testing.assert_close(fb[..., ::step, ::step], fa, rtol=1e-10, atol=1e-10)
+    d3 = (b.layer3[0].conv1, b.layer3[1].conv1, b.layer4[0].conv1, b.layer4[1].conv1) if depth == 18 else \
+        (b.layer3[0].conv2, b.layer3[1].conv2, b.layer4[0].conv2, b.layer4[1].conv2)
+    want = (1, 2, 2, 4) if l4 == 1 else (1, 2, 2, 2)
+    assert tuple(c.dilation[1] for c in d3) == want
+    with pytest.raises(ValueError, match="layer3_stride must be 1 or 2"):
+        create_model("i3d", C, depth=18, width=4, layer3_stride=4)

@@ -11,7 +11,9 @@ import pytest
 from mmit_fast import shards as S
 from mmit_fast.pack import validate_dataset
 from mmit_fast.pack.synth import (AUDIO_ACTIONS, CLASSES, COLOR_RGB, OBJECTS, TEXTURES, VISUAL_ACTIONS,
-                                  SynthConfig, _sample_video, export_broden, generate_dataset, render_video)
+                                  SynthConfig, _sample_video, export_broden, generate_dataset, render_video,
+                                  sample_labels)
+from mmit_fast.pack.layout import box_gap
 from mmit_fast.pack.transcode import decode_audio_bytes, decode_video_bytes
 from mmit_fast.pack.writer import iter_tar_samples
 
@@ -332,10 +334,77 @@ def test_anywhere_layout_spreads_actors_over_the_frame():
     assert far["centre"] < 0.4 < 0.5 < far["anywhere"], far
 
 
+def test_close_layout_boxes_match_the_rendered_frames():
+    """The close layout: every actor wholly inside the frame; the actors of a clip side by side
+    (each actor's box within 0.05 of the side of its nearest neighbour's in about half the frames, boxes
+    overlapping by at most 0.08 of it along one axis in every frame); each box is the bounding box of the actor's whole shape: exactly its own
+    pixels' box for the actor drawn last, and for an actor partly covered by later ones its own
+    pixels lie in its box, and the box is that of its pixels with the covering actors' pixels in it."""
+    from mmit_fast.pack.synth import _background
+
+    cfg = SynthConfig(size=112, fps=4, seconds=2.0, seed=11, layout="close", action_count_probs=(0, 0.5, 0.5))
+    checked = multi = near = pairs = covered = 0
+    for i in range(16):
+        v, r = _sample_video(cfg, i), render_video(cfg, i)
+        bg = np.clip(_background(v["scene"], cfg.size, v["bg_seed"]) + 0.5, 0, 255).astype(np.uint8)
+        boxes, vis, amap = r["gt"]["boxes"], r["gt"]["visible"], r["gt"]["actor_map"]
+        A = boxes.shape[0]
+        multi += A >= 2
+        for t in range(boxes.shape[1]):
+            changed = (r["frames"][t] != bg).any(-1)
+            for a in range(A):
+                x0, y0, x1, y1 = boxes[a, t].astype(int)
+                assert 1 <= x0 < x1 <= cfg.size - 1 and 1 <= y0 < y1 <= cfg.size - 1, (i, a, t, boxes[a, t])
+                gaps = [box_gap(tuple(boxes[a, t]), tuple(boxes[o, t])) for o in range(A) if o != a]
+                if gaps:   # its nearest neighbour
+                    assert min(gaps) >= -0.08 * cfg.size - 1e-3, (i, a, t, gaps)
+                    pairs, near = pairs + 1, near + (min(gaps) <= 0.05 * cfg.size)
+                if not vis[a, t]:
+                    continue
+                ys, xs = np.nonzero(amap[t] == a + 1)
+                later = np.isin(amap[t], np.arange(a + 2, A + 1)) & changed
+                if not later[y0:y1, x0:x1].any():   # nothing drawn over it: its pixels' box exactly
+                    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1), (i, a, t)
+                    checked += 1
+                    continue
+                covered += 1
+                assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+                win = np.zeros_like(changed)
+                win[y0:y1, x0:x1] = True
+                cy, cx = np.nonzero((amap[t] == a + 1) | (later & win))
+                assert (cx.min(), cy.min(), cx.max() + 1, cy.max() + 1) == (x0, y0, x1, y1), (i, a, t)
+            inside = np.zeros_like(changed)
+            for a in range(A):
+                x0, y0, x1, y1 = boxes[a, t].astype(int)
+                inside[y0:y1, x0:x1] = True
+            assert not (changed & ~inside).any()   # nothing drawn outside the boxes
+    print(checked, multi, covered, near, pairs)
+    assert checked > 100 and multi >= 10 and covered >= 5, (checked, multi, covered)
+    assert near / pairs > 0.4, (near, pairs)   # moving actors pass by: about half the frames (anywhere: ~0)
+
+
+def test_close_layout_puts_actors_nearer_than_anywhere():
+    """Per frame, the gap between the boxes of two actors of a clip: the close layout's median is
+    under 0.05 of the side, the anywhere layout's over 0.1; the clips' classes are the same."""
+    def gaps(lay):
+        cfg = SynthConfig(size=112, fps=4, seconds=2.0, seed=3, layout=lay, action_count_probs=(0, 1))
+        out = []
+        for i in range(30):
+            b = render_video(cfg, i)["gt"]["boxes"]
+            if len(b) == 2:   # two visual actions (not an auditory one)
+                out += [box_gap(tuple(b[0, t]), tuple(b[1, t])) / cfg.size for t in range(b.shape[1])]
+        assert len(out) > 100
+        return np.median(out)
+
+    close, anywhere = gaps("close"), gaps("anywhere")
+    assert close < 0.05 and anywhere > 0.1, (close, anywhere)
+    assert sample_labels(SynthConfig(seed=3, layout="close"), 4) == sample_labels(SynthConfig(seed=3, layout="anywhere"), 4)
+
+
 def test_layout_is_recorded_and_the_default_is_unchanged(tmp_path):
     from mmit_fast.cli import main
 
-    with pytest.raises(ValueError, match="layout must be one of centre, anywhere"):
+    with pytest.raises(ValueError, match="layout must be one of centre, anywhere, close"):
         SynthConfig(layout="middle")
     # the default layout renders what it rendered before layouts existed (same draws, same pixels)
     a = render_video(SynthConfig(size=48, fps=10, seconds=1.0, seed=5), 3)
@@ -345,9 +414,10 @@ def test_layout_is_recorded_and_the_default_is_unchanged(tmp_path):
     assert not np.array_equal(a["frames"], c["frames"])
     args = ["--num-videos", "2", "--size", "32", "--fps", "8", "--seconds", "1", "--workers", "1", "--splits", "1,0,0",
             "--codec", "mjpeg"]
-    assert main(["synth", str(tmp_path / "d"), "--layout", "anywhere", *args]) == 0
-    man = S.load_manifest(str(tmp_path / "d"))
-    assert man.source["splits"]["train"]["config"]["layout"] == "anywhere"
+    for lay in ("anywhere", "close"):
+        assert main(["synth", str(tmp_path / lay), "--layout", lay, *args]) == 0
+        man = S.load_manifest(str(tmp_path / lay))
+        assert man.source["splits"]["train"]["config"]["layout"] == lay
     # a dataset recorded before layouts existed is the centre layout: reused, not re-rendered
     assert main(["synth", str(tmp_path / "e"), *args]) == 0
     mpath = tmp_path / "e" / "manifest.json"

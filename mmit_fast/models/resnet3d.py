@@ -16,6 +16,12 @@ Input ``[B, 3, T, H, W]`` (authors: T=16 frames, 224x224, ImageNet mean/std). La
   maps are 1/16 of the input instead of 1/32 (7 x 7 at 112 px, 14 x 14 at 224) with the same
   parameters: the stride-2 net's maps computed at every position (its maps are the even
   positions of these, exactly).
+* ``layer3_stride=1`` likewise removes ``layer3``'s stride (torchvision's
+  ``replace_stride_with_dilation``, DeepLab's output stride 8 with both): the dilation doubles at
+  each removed stride and holds from there on, and the conv that carried a stage's stride keeps
+  the dilation of the stage before. Stage ``i``: ``d_i = 2^(removed strides up to i)``, its first
+  3x3 conv ``d_(i-1)``, the others ``d_i``. With both, the last maps are 1/8 of the input
+  (14 x 14 at 112 px), and the stride-32 net's maps are these at every 4th position, exactly.
 
 So 16 x 224 x 224 gives ``features`` of shape [B, 2048, 4, 7, 7] for ResNet-50 (K = 8 * width
 * 4; ResNet-18/34: K = 8 * width).
@@ -166,6 +172,7 @@ class I3D(ClipClassifier):
         temporal_padding: str = "zeros",
         zero_init_residual: bool = False,
         last_stride: int = 2,
+        layer3_stride: int = 2,
     ):
         if depth not in RESNET_LAYERS:
             raise ValueError(f"I3D depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
@@ -179,6 +186,8 @@ class I3D(ClipClassifier):
             raise ValueError(f"pool1_stride_t must be 1 or 2, got {pool1_stride_t}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        if layer3_stride not in (1, 2):
+            raise ValueError(f"layer3_stride must be 1 or 2, got {layer3_stride}")
         kind, layers = RESNET_LAYERS[depth]
         block = BasicBlock3d if kind == "basic" else Bottleneck3d
         width = int(width)
@@ -186,7 +195,8 @@ class I3D(ClipClassifier):
         self.depth, self.width, self.temporal_padding = depth, width, temporal_padding
         self.config = dict(depth=depth, width=width, conv1_t=conv1_t, conv1_stride_t=conv1_stride_t,
                            pool1_stride_t=pool1_stride_t,
-                           with_pool2=with_pool2, temporal_padding=temporal_padding, last_stride=last_stride)
+                           with_pool2=with_pool2, temporal_padding=temporal_padding, last_stride=last_stride,
+                           layer3_stride=layer3_stride)
         tp = temporal_padding
         self.conv1 = TConv3d(3, width, (conv1_t, 7, 7), (conv1_stride_t, 2, 2), (conv1_t // 2, 3, 3), tp)
         self.bn1 = nn.BatchNorm3d(width)
@@ -199,22 +209,27 @@ class I3D(ClipClassifier):
         self._t_div = conv1_stride_t * pool1_stride_t * (2 if with_pool2 else 1)
         self.inplanes = width
         pattern = i3d_inflate_pattern(layers)
-        for i, (n, stride) in enumerate(zip(layers, (1, 2, 2, last_stride))):
-            dil = 2 if (i == 3 and last_stride == 1) else 1
-            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2**i, n, stride, pattern[i], tp, dil))
+        dil = 1
+        for i, (n, stride) in enumerate(zip(layers, (1, 2, layer3_stride, last_stride))):
+            prev = dil
+            if i >= 2 and stride == 1:   # a removed stride 2: dilate from here on
+                dil *= 2
+            setattr(self, f"layer{i + 1}",
+                    self._make_layer(block, width * 2**i, n, stride, pattern[i], tp, dil, prev))
         init_resnet_(self, zero_init_residual)
 
-    def _make_layer(self, block, planes, blocks, stride, inflate, tp, dilation=1):
-        """One stage; ``dilation`` > 1 (``last_stride=1``): every 3x3 spatial conv after the place
-        of the removed stride is dilated (the first block's first conv keeps dilation 1), so the
-        maps are the stride-2 stage's maps computed at every position (DeepLab's "a trous")."""
+    def _make_layer(self, block, planes, blocks, stride, inflate, tp, dilation=1, first_dilation=1):
+        """One stage; ``dilation`` > 1 (a removed stride here or before): every 3x3 spatial conv
+        after the place of the removed stride is dilated, the first block's first conv (the place
+        of the stride) keeps ``first_dilation`` (the previous stage's), so the maps are the
+        stride-2 net's maps computed at every position (DeepLab's "a trous")."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 TConv3d(self.inplanes, planes * block.expansion, 1, (1, stride, stride), 0, tp),
                 nn.BatchNorm3d(planes * block.expansion),
             )
-        mods = [block(self.inplanes, planes, stride, downsample, inflate[0], tp, (1, dilation))]
+        mods = [block(self.inplanes, planes, stride, downsample, inflate[0], tp, (first_dilation, dilation))]
         self.inplanes = planes * block.expansion
         mods += [block(self.inplanes, planes, 1, None, inflate[i], tp, (dilation, dilation)) for i in range(1, blocks)]
         return nn.Sequential(*mods)

@@ -36,9 +36,10 @@ def add_synth(sub, help=None):
     p.add_argument("--no-audio-prob", type=float, default=0.3,
                    help="probability that a video without auditory action has no audio track (default 0.3)")
     p.add_argument("--distractors", type=int, default=0, help="max static actors without action per video (default 0)")
-    p.add_argument("--layout", choices=["centre", "anywhere"], default="centre",
-                   help="where actors stand: centre (default; U(0.3, 0.7) of the frame) or anywhere (uniform over "
-                        "the frame, whole trajectory visible, actors of a clip apart: for localisation benchmarks)")
+    p.add_argument("--layout", choices=["centre", "anywhere", "close"], default="centre",
+                   help="where actors stand: centre (default; U(0.3, 0.7) of the frame), anywhere (uniform over "
+                        "the frame, whole trajectory visible, actors of a clip apart: for localisation benchmarks) "
+                        "or close (as anywhere, but the actors of a clip side by side, touching or overlapping in part)")
     p.add_argument("--broden", metavar="DIR", help="also export the test split in the Broden layout (for dissection) to DIR")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in OUT")

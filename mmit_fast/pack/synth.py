@@ -48,7 +48,7 @@ import numpy as np
 from .. import shards as S
 from .. import storage
 from .layout import ANYWHERE_FALL, ANYWHERE_MOTION, ANYWHERE_SCALE, LAYOUTS, centre_positions, extents_of, \
-    place_anywhere
+    place_anywhere, place_close, tracks_of
 from .packer import Job, write_split
 from .transcode import AUDIO_RATE, EncodeSpec, encode_arrays
 from .writer import Sample, make_sample
@@ -89,7 +89,7 @@ class SynthConfig:
     no_audio_prob: float = 0.3          # P(no audio track) for videos without an auditory action
     distractors: int = 0                # max static actors without an action per video
     actor_scale: float = 0.13           # actor radius as a fraction of the frame side (centre layout)
-    layout: str = "centre"              # where actors stand: "centre" or "anywhere" (pack/layout.py)
+    layout: str = "centre"              # where actors stand: "centre", "anywhere" or "close" (pack/layout.py)
 
     def __post_init__(self):
         if self.num_videos < 1:
@@ -160,9 +160,15 @@ def _place_actors(cfg: SynthConfig, rng: np.random.Generator, actions: List[int]
     extra = {"amp": ANYWHERE_MOTION, "fall": ANYWHERE_FALL * cfg.size}
     actors = [_make_actor(cfg, rng, a, colors[j % len(colors)], 0.0, 0.0, ANYWHERE_SCALE, extra)
               for j, a in enumerate(actions)]
-    extents = extents_of(lambda j: [(st[0], st[1], st[3], st[4]) for st in
-                                    (_state(actors[j], t, cfg) for t in range(cfg.frames))], [a.radius for a in actors])
-    for act, (cx, cy) in zip(actors, place_anywhere(rng, extents, cfg.size)):
+    def states(j):
+        return [(st[0], st[1], st[3], st[4]) for st in (_state(actors[j], t, cfg) for t in range(cfg.frames))]
+
+    radii = [a.radius for a in actors]
+    if cfg.layout == "close":
+        centres = place_close(rng, tracks_of(states, radii), cfg.size)
+    else:
+        centres = place_anywhere(rng, extents_of(states, radii), cfg.size)
+    for act, (cx, cy) in zip(actors, centres):
         act.cx, act.cy = cx, cy
     return actors
 
@@ -463,8 +469,9 @@ def generate_dataset(out_dir: str, *, num_videos: int = 600, seed: int = 0, size
     With ``broden=DIR`` the test split (val when test is empty) is also exported in the
     Broden layout (:func:`export_broden`). ``preset`` (:mod:`mmit_fast.pack.presets`) renders
     and packs at the preset's rate for ``seconds`` (e.g. ``paper-i3d``: 16 frames per clip).
-    ``layout`` (:mod:`.layout`): ``"centre"`` (default) or ``"anywhere"`` (actors uniform over
-    the frame, fully visible, apart from each other: the localisation benchmark's data).
+    ``layout`` (:mod:`.layout`): ``"centre"`` (default), ``"anywhere"`` (actors uniform over
+    the frame, fully visible, apart from each other: the localisation benchmark's data) or
+    ``"close"`` (as anywhere, the actors of a clip side by side, touching or overlapping in part).
     Returns the manifest.
     """
     from .presets import resolve, resolve_bframes, resolve_short_side
