@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from _dissect_setup import load_model, peak_rss_mb, rss_mb
+from _dissect_setup import load_model, peak_rss_mb, rss_mb, write_features
 
 
 def _timed(fn, acc, key):
@@ -87,23 +87,6 @@ def _lite_concepts(b, i):
     return (np.stack(pixels) if pixels else np.zeros((0, r.sh, r.sw), np.int64)), scalars, r.sh, r.sw
 
 
-def _lite_features(model, spec, mean, std, b, layer, batch, mm_path):
-    from mmit_fast.interpret import dissect_run as D
-    from mmit_fast.interpret.layers import resolve_layers
-
-    mods = resolve_layers(model, [layer])
-    mm = None
-    for s in range(0, len(b), batch):
-        ids = list(range(s, min(len(b), s + batch)))
-        x = D.static_clip(np.stack([D.prep_image(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
-        a = D.layer_activations(model, mods, x)[layer].numpy()
-        if mm is None:
-            mm = np.memmap(mm_path, dtype=float, mode="w+", shape=(len(b),) + a.shape[1:])
-        mm[s:s + len(ids)] = a
-    mm.flush()
-    return mm
-
-
 def _lite_tally(mm, b, thr, labelcat):
     from PIL import Image
 
@@ -141,7 +124,7 @@ def worker_lite(ckpt, broden_dir, layer, quantile, batch):
     (model, spec, mean, std), b, base, acc = _setup(ckpt, broden_dir)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        mm = _lite_features(model, spec, mean, std, b, layer, batch, os.path.join(tmp, "feat.mmap"))
+        mm = write_features(model, spec, mean, std, b, layer, batch, os.path.join(tmp, "feat.mmap"))
         K = mm.shape[1]
         thr = np.percentile(np.transpose(mm, (1, 0, 2, 3)).reshape(K, -1), 100 * (1 - quantile), axis=1)
         maxnum = max(b.all_concepts) + 1

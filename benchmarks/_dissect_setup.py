@@ -121,20 +121,14 @@ def peak_rss_mb() -> float:
     return rss_mb("VmHWM")
 
 
-def feature_memmap(work: str, model_name: str, layer: str, broden_dir: str, batch: int = 16):
-    """The layer's activations of every row of ``broden_dir``, float64 [N, K, h, w] in a memmap
-    (what NetDissect-Lite's ``feature_extraction`` writes), computed once by our forward pass and
-    cached: ``(path, shape)``."""
+def write_features(model, spec, mean, std, b, layer: str, batch: int, mm_path: str) -> np.memmap:
+    """``layer``'s activations of every row of the Broden set ``b`` by our forward pass, written
+    as float64 [N, K, h, w] to the memmap ``mm_path`` (what NetDissect-Lite's
+    ``feature_extraction`` writes); flushed, returned open. Calls go through ``dissect_run``'s
+    names, so a worker that wraps them (``_dissect_reimpl``'s timers) sees them."""
     from mmit_fast.interpret import dissect_run as D
-    from mmit_fast.interpret.broden import Broden
     from mmit_fast.interpret.layers import resolve_layers
 
-    tag = f"{model_name}_{layer}_{os.path.basename(os.path.normpath(broden_dir))}".replace(".", "_")
-    path, meta = os.path.join(work, tag + ".mmap"), os.path.join(work, tag + ".json")
-    if os.path.exists(path) and os.path.exists(meta):
-        return path, tuple(json.load(open(meta))["shape"])
-    model, spec, mean, std = load_model(model_name)
-    b = Broden(broden_dir)
     mods = resolve_layers(model, [layer])
     mm = None
     for s in range(0, len(b), batch):
@@ -142,9 +136,23 @@ def feature_memmap(work: str, model_name: str, layer: str, broden_dir: str, batc
         x = D.static_clip(np.stack([D.prep_image(b.image(i), spec.crop) for i in ids]), spec, mean, std, "cpu", True)
         a = D.layer_activations(model, mods, x)[layer].numpy()
         if mm is None:
-            mm = np.memmap(path + ".tmp", dtype=np.float64, mode="w+", shape=(len(b),) + a.shape[1:])
+            mm = np.memmap(mm_path, dtype=np.float64, mode="w+", shape=(len(b),) + a.shape[1:])
         mm[s:s + len(ids)] = a
     mm.flush()
+    return mm
+
+
+def feature_memmap(work: str, model_name: str, layer: str, broden_dir: str, batch: int = 16):
+    """The layer's activations of every row of ``broden_dir`` (:func:`write_features`), computed
+    once and cached: ``(path, shape)``."""
+    from mmit_fast.interpret.broden import Broden
+
+    tag = f"{model_name}_{layer}_{os.path.basename(os.path.normpath(broden_dir))}".replace(".", "_")
+    path, meta = os.path.join(work, tag + ".mmap"), os.path.join(work, tag + ".json")
+    if os.path.exists(path) and os.path.exists(meta):
+        return path, tuple(json.load(open(meta))["shape"])
+    model, spec, mean, std = load_model(model_name)
+    mm = write_features(model, spec, mean, std, Broden(broden_dir), layer, batch, path + ".tmp")
     shape = mm.shape
     del mm
     os.replace(path + ".tmp", path)

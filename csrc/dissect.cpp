@@ -31,6 +31,7 @@
 // (a pixel at exactly the threshold could flip), so contraction is switched off for this file.
 
 #include "dissect.h"
+#include "threads.h"
 
 #include <pybind11/pybind11.h>
 
@@ -64,15 +65,6 @@ struct Taps {  // one axis of the bilinear upsampling (Python: dissect._axis)
     const double *w0, *w1;
 };
 
-// threads <= 0: OpenMP's default; 1 without OpenMP
-int thread_count(int threads) {
-#ifdef _OPENMP
-    return threads > 0 ? threads : omp_get_max_threads();
-#else
-    (void)threads;
-    return 1;
-#endif
-}
 
 // Bit count without the POPCNT instruction (not in the baseline x86-64 ISA this file is built for;
 // __builtin_popcountll would call libgcc's table version): the SWAR sum, a few ALU ops.

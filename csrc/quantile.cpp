@@ -25,6 +25,7 @@
 // values equal to 0 (a rank among a ReLU unit's zeros is then known without refining).
 
 #include "quantile.h"
+#include "threads.h"
 
 #include <pybind11/pybind11.h>
 
@@ -48,14 +49,6 @@ inline uint64_t order_key(float v) {
     return (u & 0x80000000u) ? uint64_t(~u) : uint64_t(u | 0x80000000u);
 }
 
-int thread_count(int threads) {
-#ifdef _OPENMP
-    return threads > 0 ? threads : omp_get_max_threads();
-#else
-    (void)threads;
-    return 1;
-#endif
-}
 
 // x float32 [B, K, S] (value s of unit k in batch row b at (b * K + k) * S + s); the slot arrays
 // have 2 * K entries (unit k: slots 2k, 2k + 1): mode (0 idle, 1 count, 2 collect), shift, bits,
